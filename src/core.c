@@ -1,0 +1,58 @@
+/* luaopen_bitrix24_core: registration only. */
+#include <pthread.h>
+
+#include <curl/curl.h>
+
+#include "compat.h"
+#include "envelope.h"
+#include "http.h"
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_rc = CURLE_OK;
+
+/* curl_global_init is not thread-safe and must run once per process,
+ * even when several Lua states (nginx workers' threads, a host
+ * application) load this module. */
+static void init_curl(void)
+{
+    curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+static const luaL_Reg decoders[] = {
+    {"decode", b24_decode},
+    {"json_decode", b24_json_decode},
+    {NULL, NULL}
+};
+
+/* Pushes the decode function of a private cjson instance, so the
+ * caller's cjson settings (or ours) never leak either way. */
+static void push_cjson_decode(lua_State *L)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+int luaopen_bitrix24_core(lua_State *L)
+{
+    pthread_once(&curl_once, init_curl);
+    if (curl_init_rc != CURLE_OK)
+        return luaL_error(L, "curl_global_init failed: %s",
+                          curl_easy_strerror(curl_init_rc));
+
+    lua_newtable(L);
+    push_cjson_decode(L);
+    lua_pushvalue(L, -2);
+    lua_pushvalue(L, -2);
+    b24_setfuncs(L, decoders, 1);
+    lua_pop(L, 1);
+    b24_http_register(L);
+    lua_pushstring(L, curl_version());
+    lua_setfield(L, -2, "curl_version");
+    return 1;
+}

@@ -1,0 +1,337 @@
+/* The HTTP handle: one libcurl easy handle per client, reused so calls
+ * share a keep-alive connection.
+ *
+ * Nothing here raises while libcurl is running or while a buffer is only
+ * reachable from a C local: arguments are checked before any state is
+ * touched, and the response buffer belongs to the userdata, so a raise
+ * afterwards (out of memory in lua_pushlstring) leaks nothing. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+
+#include "compat.h"
+#include "envelope.h"
+#include "http.h"
+
+#define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
+
+typedef struct {
+    CURL *curl;
+    struct curl_slist *headers;
+    char *buf;
+    size_t len, cap, max;
+    int too_large;
+    char errbuf[CURL_ERROR_SIZE];
+} b24_http;
+
+/* The one cleanup behind close, __gc and __close; safe to run twice. */
+static void http_cleanup(b24_http *h)
+{
+    if (h->curl) {
+        curl_easy_cleanup(h->curl);
+        h->curl = NULL;
+    }
+    if (h->headers) {
+        curl_slist_free_all(h->headers);
+        h->headers = NULL;
+    }
+    free(h->buf);
+    h->buf = NULL;
+    h->len = h->cap = 0;
+}
+
+/* Appends to the userdata's buffer: no Lua calls here, since a raise
+ * inside a libcurl callback would longjmp over libcurl's frames. */
+static size_t on_body(char *data, size_t size, size_t n, void *ud)
+{
+    b24_http *h = ud;
+    size_t add = size * n;
+
+    if (add > h->max - h->len) {
+        h->too_large = 1;
+        return 0;
+    }
+    if (h->len + add > h->cap) {
+        size_t cap = h->cap ? h->cap : 16384;
+        char *p;
+        while (cap < h->len + add)
+            cap *= 2;
+        p = realloc(h->buf, cap);
+        if (!p)
+            return 0;
+        h->buf = p;
+        h->cap = cap;
+    }
+    memcpy(h->buf + h->len, data, add);
+    h->len += add;
+    return add;
+}
+
+static b24_http *check_http(lua_State *L)
+{
+    b24_http *h = luaL_checkudata(L, 1, B24_HTTP_MT);
+    if (!h->curl)
+        luaL_argerror(L, 1, "the client is closed");
+    return h;
+}
+
+static long opt_ms(lua_State *L, int t, const char *key, double dflt)
+{
+    double s;
+    lua_getfield(L, t, key);
+    if (lua_isnil(L, -1))
+        s = dflt;
+    else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) <= 0)
+        return luaL_error(L, "option '%s' must be a positive number of seconds",
+                          key);
+    else
+        s = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return (long)(s * 1000.0 + 0.5);
+}
+
+/* Leaves the string (or nil) on the stack so the pointer stays valid. */
+static const char *opt_str(lua_State *L, int t, const char *key)
+{
+    lua_getfield(L, t, key);
+    if (lua_isnil(L, -1))
+        return NULL;
+    if (lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "option '%s' must be a string", key);
+    return lua_tostring(L, -1);
+}
+
+/* core.http(opts) -> handle. Options are read before anything is
+ * allocated, so a bad option raises with nothing to free. */
+static int http_new(lua_State *L)
+{
+    long timeout_ms, connect_ms;
+    const char *ua, *ca_file, *ca_path, *proxy;
+    int verify;
+    double max;
+    b24_http *h;
+    CURLcode rc = CURLE_OK;
+
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    timeout_ms = opt_ms(L, 1, "timeout", 60);
+    connect_ms = opt_ms(L, 1, "connect_timeout", 10);
+    ua = opt_str(L, 1, "user_agent");
+    ca_file = opt_str(L, 1, "ca_file");
+    ca_path = opt_str(L, 1, "ca_path");
+    proxy = opt_str(L, 1, "proxy");
+    lua_getfield(L, 1, "tls_verify");
+    verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_getfield(L, 1, "max_response");
+    max = lua_isnil(L, -1) ? DEFAULT_MAX_RESPONSE : lua_tonumber(L, -1);
+    if (max <= 0)
+        return luaL_error(L, "option 'max_response' must be a positive number of bytes");
+
+    h = lua_newuserdata(L, sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->max = (size_t)max;
+    luaL_getmetatable(L, B24_HTTP_MT);
+    lua_setmetatable(L, -2);
+
+    h->curl = curl_easy_init();
+    if (!h->curl)
+        return luaL_error(L, "curl_easy_init failed");
+    h->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h->headers)
+        h->headers = curl_slist_append(h->headers, "Accept: application/json");
+    /* curl would wait up to a second for "100 Continue" on large bodies. */
+    if (h->headers)
+        h->headers = curl_slist_append(h->headers, "Expect:");
+    if (!h->headers)
+        return luaL_error(L, "out of memory");
+
+#define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(h->curl, opt, val)
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_ERRORBUFFER, h->errbuf);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, h);
+    SET(CURLOPT_TIMEOUT_MS, timeout_ms);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
+    SET(CURLOPT_USERAGENT, ua ? ua : "bitrix24-lua");
+    SET(CURLOPT_ACCEPT_ENCODING, "");
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Redirects are policy (a moved portal must not get our secrets
+     * replayed to another host), so the Lua layer sees every 3xx. */
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    SET(CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
+    SET(CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+    if (ca_file)
+        SET(CURLOPT_CAINFO, ca_file);
+    if (ca_path)
+        SET(CURLOPT_CAPATH, ca_path);
+    if (proxy)
+        SET(CURLOPT_PROXY, proxy);
+#undef SET
+    if (rc != CURLE_OK)
+        return luaL_error(L, "curl option: %s", curl_easy_strerror(rc));
+    return 1;
+}
+
+static const char *failure_code(CURLcode rc, int too_large)
+{
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return B24_E_TIMEOUT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+        return B24_E_TLS;
+    case CURLE_WRITE_ERROR:
+        return too_large ? B24_E_TOO_LARGE : B24_E_NETWORK;
+    default:
+        return B24_E_NETWORK;
+    }
+}
+
+/* Performs one request; body == NULL means GET. On failure pushes
+ * (nil, code, description) and returns 0. */
+static int perform(lua_State *L, b24_http *h, const char *url,
+                   const char *body, size_t len, long *status)
+{
+    CURLcode rc = curl_easy_setopt(h->curl, CURLOPT_URL, url);
+
+    h->len = 0;
+    h->too_large = 0;
+    h->errbuf[0] = '\0';
+    if (rc == CURLE_OK && body) {
+        rc = curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, h->headers);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(h->curl, CURLOPT_POSTFIELDSIZE_LARGE,
+                                  (curl_off_t)len);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
+    } else if (rc == CURLE_OK) {
+        rc = curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, NULL);
+        if (rc == CURLE_OK)
+            rc = curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);
+    }
+    if (rc == CURLE_OK)
+        rc = curl_easy_perform(h->curl);
+    if (rc == CURLE_OK)
+        rc = curl_easy_getinfo(h->curl, CURLINFO_RESPONSE_CODE, status);
+    if (rc == CURLE_OK)
+        return 1;
+
+    lua_pushnil(L);
+    lua_pushstring(L, failure_code(rc, h->too_large));
+    if (h->too_large)
+        lua_pushfstring(L, "the answer is larger than max_response (%d bytes)",
+                        (int)h->max);
+    else
+        lua_pushstring(L, h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+    return 0;
+}
+
+static int push_redirect(lua_State *L, b24_http *h, long status)
+{
+    char *location = NULL;
+    curl_easy_getinfo(h->curl, CURLINFO_REDIRECT_URL, &location);
+    lua_pushnil(L);
+    lua_pushstring(L, B24_E_MOVED);
+    lua_pushfstring(L, "HTTP %d redirect", (int)status);
+    lua_pushinteger(L, (lua_Integer)status);
+    if (location)
+        lua_pushstring(L, location);
+    else
+        lua_pushnil(L);
+    return 5;
+}
+
+/* handle:call(url, json_body) -> envelope, status
+ *   | nil, code, description, status, envelope-or-location
+ * The hot path: request and envelope decoding without a trip to Lua. */
+static int http_call(lua_State *L)
+{
+    b24_http *h = check_http(L);
+    size_t len;
+    const char *url = luaL_checkstring(L, 2);
+    const char *body = luaL_checklstring(L, 3, &len);
+    long status = 0;
+
+    if (!perform(L, h, url, body, len, &status))
+        return 3;
+    if (status >= 300 && status < 400)
+        return push_redirect(L, h, status);
+    return b24_envelope_push(L, lua_upvalueindex(1), status, h->buf, h->len);
+}
+
+/* handle:request(url [, body]) -> status, body | nil, code, description
+ * For answers that are not REST envelopes (the OAuth token endpoint). */
+static int http_request(lua_State *L)
+{
+    b24_http *h = check_http(L);
+    size_t len = 0;
+    const char *url = luaL_checkstring(L, 2);
+    const char *body = luaL_optlstring(L, 3, NULL, &len);
+    long status = 0;
+
+    if (!perform(L, h, url, body, len, &status))
+        return 3;
+    lua_pushinteger(L, (lua_Integer)status);
+    lua_pushlstring(L, h->buf ? h->buf : "", h->len);
+    return 2;
+}
+
+static int http_close(lua_State *L)
+{
+    http_cleanup(luaL_checkudata(L, 1, B24_HTTP_MT));
+    return 0;
+}
+
+static int http_tostring(lua_State *L)
+{
+    b24_http *h = luaL_checkudata(L, 1, B24_HTTP_MT);
+    lua_pushfstring(L, "bitrix24.http (%s)", h->curl ? "open" : "closed");
+    return 1;
+}
+
+static const luaL_Reg methods[] = {
+    {"call", http_call},
+    {"request", http_request},
+    {"close", http_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg metamethods[] = {
+    {"__gc", http_close},
+    {"__close", http_close},
+    {"__tostring", http_tostring},
+    {NULL, NULL}
+};
+
+static const luaL_Reg functions[] = {
+    {"http", http_new},
+    {NULL, NULL}
+};
+
+/* Expects the module table and cjson's decode function on the top of
+ * the stack (decode on top); consumes the decode function. */
+void b24_http_register(lua_State *L)
+{
+    luaL_newmetatable(L, B24_HTTP_MT);
+    lua_pushvalue(L, -2);
+    b24_setfuncs(L, metamethods, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -3);
+    b24_setfuncs(L, methods, 1);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    b24_setfuncs(L, functions, 1);
+}
