@@ -1,0 +1,73 @@
+-- Error objects and secret redaction.
+--
+-- Failures of the network or the portal are returned as `nil, err`, where
+-- err is one of these objects; programmer errors are raised (see raise).
+
+local Error = {}
+Error.__index = Error
+
+-- Codes the client itself uses when Bitrix24 gave none. Any other code
+-- came from the portal, unchanged (it can be the empty string).
+local CLIENT_CODES = {
+  NETWORK_ERROR = "the request or the answer was lost on the network",
+  TIMEOUT = "the call took longer than the timeout",
+  TLS_ERROR = "the TLS handshake or certificate check failed",
+  BAD_RESPONSE = "the answer is not a Bitrix24 JSON envelope",
+  PORTAL_MOVED = "the portal answered with a redirect",
+  RESPONSE_TOO_LARGE = "the answer is larger than max_response",
+  REFRESH_FAILED = "the OAuth token could not be refreshed",
+  NO_CONFIG = "no credentials in the environment",
+}
+
+function Error:__tostring()
+  local s = "bitrix24"
+  if self.method then s = s .. " " .. self.method end
+  local code = self.code ~= "" and self.code or "(no code)"
+  s = s .. ": " .. code
+  if self.description and self.description ~= "" then
+    s = s .. ": " .. self.description
+  end
+  if self.status then s = s .. " (HTTP " .. self.status .. ")" end
+  return (s:gsub("[\r\n]+", " "))
+end
+
+local M = { CLIENT_CODES = CLIENT_CODES }
+
+-- fields: code, description, status, method (and anything extra).
+function M.new(fields)
+  fields.kind = CLIENT_CODES[fields.code] and "client" or "portal"
+  return setmetatable(fields, Error)
+end
+
+function M.is_error(v)
+  return getmetatable(v) == Error
+end
+
+-- Replaces every occurrence of each secret in s (plain text, not a
+-- pattern). Secrets shorter than 4 characters are ignored: they would
+-- mangle ordinary words and cannot be real credentials.
+function M.redact(s, secrets)
+  if type(s) ~= "string" then return s end
+  for i = 1, #secrets do
+    local secret = secrets[i]
+    if type(secret) == "string" and #secret >= 4 then
+      local from = 1
+      while true do
+        local a, b = s:find(secret, from, true)
+        if not a then break end
+        s = s:sub(1, a - 1) .. "***" .. s:sub(b + 1)
+        from = a + 3
+      end
+    end
+  end
+  return s
+end
+
+-- Programmer errors: raised with a message naming the argument. level is
+-- the frame to blame, counted from the function calling raise (1: its
+-- caller), so the message points at the user's line, not at ours.
+function M.raise(level, fmt, ...)
+  error("bitrix24: " .. fmt:format(...), level + 2)
+end
+
+return M

@@ -1,0 +1,135 @@
+-- Parameter checks for the methods the client knows, run before anything
+-- is sent. A bad parameter raises an error naming it; a value the API
+-- would silently misread (IS_PRIMARY = true stored as "not primary") is
+-- converted to what the API expects.
+
+local errors = require "bitrix24.errors"
+
+local M = {}
+
+local function describe(v)
+  if type(v) == "string" then return string.format("%q", v) end
+  return tostring(v) .. " (" .. type(v) .. ")"
+end
+
+-- Integers as Lua numbers without a fraction, or strings of digits
+-- (Bitrix24 reads ids with intval, and ids often arrive as strings).
+local function integer_value(v)
+  if type(v) == "number" then
+    if v == math.floor(v) and v > -2^53 and v < 2^53 then return v end
+  elseif type(v) == "string" and v:match("^%-?%d+$") and #v <= 15 then
+    return tonumber(v)
+  end
+  return nil
+end
+
+local function check_positive(method, name, v, level)
+  local n = integer_value(v)
+  if not n or n <= 0 then
+    errors.raise(level, "%s: %s must be a positive integer, got %s",
+      method, name, describe(v))
+  end
+end
+
+local function check_id(method, params, level)
+  local id = params.id
+  local name = "params.id"
+  if id == nil and params.ID ~= nil then id, name = params.ID, "params.ID" end
+  check_positive(method, name, id, level + 1)
+end
+
+-- Checks one binding ({CONTACT_ID, SORT, IS_PRIMARY}); returns it, or a
+-- converted copy when IS_PRIMARY was a boolean.
+local function check_binding(method, name, b, level)
+  if type(b) ~= "table" then
+    errors.raise(level, "%s: %s must be a table, got %s", method, name, describe(b))
+  end
+  check_positive(method, name .. ".CONTACT_ID", b.CONTACT_ID, level + 1)
+  if b.SORT ~= nil and not integer_value(b.SORT) then
+    errors.raise(level, "%s: %s.SORT must be an integer, got %s",
+      method, name, describe(b.SORT))
+  end
+  local p = b.IS_PRIMARY
+  if type(p) == "boolean" then
+    local copy = {}
+    for k, v in pairs(b) do copy[k] = v end
+    copy.IS_PRIMARY = p and "Y" or "N"
+    return copy
+  elseif p ~= nil and p ~= "Y" and p ~= "N" then
+    errors.raise(level, '%s: %s.IS_PRIMARY must be "Y", "N" or a boolean, got %s',
+      method, name, describe(p))
+  end
+  return b
+end
+
+local function with(params, key, value)
+  if params[key] == value then return params end
+  local copy = {}
+  for k, v in pairs(params) do copy[k] = v end
+  copy[key] = value
+  return copy
+end
+
+local function is_array(t)
+  local n = 0
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k ~= math.floor(k) then return false end
+    n = n + 1
+  end
+  return n == #t
+end
+
+local check = {}
+
+check["crm.lead.contact.fields"] = function(_, params) return params end
+
+check["crm.lead.contact.items.get"] = function(method, params, level)
+  check_id(method, params, level + 1)
+  return params
+end
+
+check["crm.lead.contact.items.delete"] = check["crm.lead.contact.items.get"]
+
+check["crm.lead.contact.add"] = function(method, params, level)
+  check_id(method, params, level + 1)
+  return with(params, "fields", check_binding(method, "params.fields", params.fields, level + 1))
+end
+
+check["crm.lead.contact.delete"] = function(method, params, level)
+  check_id(method, params, level + 1)
+  local fields = params.fields
+  if type(fields) ~= "table" then
+    errors.raise(level, "%s: params.fields must be a table, got %s", method, describe(fields))
+  end
+  check_positive(method, "params.fields.CONTACT_ID", fields.CONTACT_ID, level + 1)
+  return params
+end
+
+check["crm.lead.contact.items.set"] = function(method, params, level)
+  check_id(method, params, level + 1)
+  local items = params.items
+  if type(items) ~= "table" or not is_array(items) then
+    errors.raise(level, "%s: params.items must be an array of bindings, got %s",
+      method, describe(items))
+  end
+  local out, changed = {}, false
+  for i = 1, #items do
+    out[i] = check_binding(method, "params.items[" .. i .. "]", items[i], level + 1)
+    changed = changed or out[i] ~= items[i]
+  end
+  return changed and with(params, "items", out) or params
+end
+
+-- Returns the params to send (the caller's table, or a converted copy).
+-- level: the frame to blame, counted from validate (1: its caller).
+function M.validate(method, params, level)
+  local f = check[method:lower()]
+  if not f then return params end
+  return f(method, params, level + 1)
+end
+
+function M.known(method)
+  return check[method:lower()] ~= nil
+end
+
+return M
