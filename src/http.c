@@ -15,6 +15,8 @@
 #include "http.h"
 
 #define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
+#define MAX_RESPONSE_LIMIT (1024.0 * 1024 * 1024)
+#define MAX_SECONDS 86400
 
 typedef struct {
     CURL *curl;
@@ -82,9 +84,10 @@ static long opt_ms(lua_State *L, int t, const char *key, double dflt)
     lua_getfield(L, t, key);
     if (lua_isnil(L, -1))
         s = dflt;
-    else if (lua_type(L, -1) != LUA_TNUMBER || lua_tonumber(L, -1) <= 0)
-        return luaL_error(L, "option '%s' must be a positive number of seconds",
-                          key);
+    else if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0)
+             || lua_tonumber(L, -1) > MAX_SECONDS)
+        return luaL_error(L, "option '%s' must be a number of seconds in (0, %d]",
+                          key, MAX_SECONDS);
     else
         s = lua_tonumber(L, -1);
     lua_pop(L, 1);
@@ -128,8 +131,8 @@ static int http_new(lua_State *L)
     verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
     lua_getfield(L, 1, "max_response");
     max = lua_isnil(L, -1) ? DEFAULT_MAX_RESPONSE : lua_tonumber(L, -1);
-    if (max <= 0)
-        return luaL_error(L, "option 'max_response' must be a positive number of bytes");
+    if (!(max > 0) || max > MAX_RESPONSE_LIMIT)
+        return luaL_error(L, "option 'max_response' must be a number of bytes in (0, 1 GiB]");
 
     h = lua_newuserdata(L, sizeof *h);
     memset(h, 0, sizeof *h);

@@ -125,7 +125,9 @@ end
 function M.validate(method, params, level)
   local f = check[method:lower()]
   if not f then return params end
-  return f(method, params, level + 1)
+  -- Not a tail call: it would remove a frame and shift the blamed level.
+  local checked = f(method, params, level + 1)
+  return checked
 end
 
 function M.known(method)
