@@ -1,0 +1,49 @@
+rockspec_format = "3.0"
+package = "bitrix24"
+version = "scm-1"
+source = {
+  url = "git+file:///dev/null",
+}
+description = {
+  summary = "Bitrix24 REST client: a libcurl C core under a thin Lua API",
+  detailed = [[
+Calls Bitrix24 REST methods (webhook or OAuth) from Lua 5.1-5.4 and LuaJIT,
+returning results as Lua tables with integers kept as integers. Ships a fake
+Bitrix24 portal for tests.]],
+  license = "MIT",
+}
+dependencies = {
+  "lua >= 5.1",
+  "lua-cjson",
+}
+external_dependencies = {
+  -- Debian keeps curl/curl.h under a multiarch directory that a header
+  -- check does not search, so only the library is checked.
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    ["bitrix24"] = "lua/bitrix24.lua",
+    ["bitrix24.errors"] = "lua/bitrix24/errors.lua",
+    ["bitrix24.methods"] = "lua/bitrix24/methods.lua",
+    ["bitrix24.cli"] = "lua/bitrix24/cli.lua",
+    ["bitrix24.fake.portal"] = "lua/bitrix24/fake/portal.lua",
+    ["bitrix24.fake.json"] = "lua/bitrix24/fake/json.lua",
+    ["bitrix24.fake.data"] = "lua/bitrix24/fake/data.lua",
+    ["bitrix24.fake.nginx"] = "lua/bitrix24/fake/nginx.lua",
+    ["bitrix24.fake.server"] = "lua/bitrix24/fake/server.lua",
+    ["bitrix24.core"] = {
+      sources = { "src/core.c", "src/envelope.c", "src/http.c" },
+      libraries = { "curl", "pthread" },
+      libdirs = { "$(CURL_LIBDIR)" },
+      incdirs = { "$(CURL_INCDIR)" },
+    },
+  },
+  install = {
+    bin = {
+      ["b24"] = "bin/b24",
+      ["b24-fake-portal"] = "bin/b24-fake-portal",
+    },
+  },
+}

@@ -1,0 +1,60 @@
+-- The two ways to install: `make install PREFIX=DIR` and the rockspec
+-- through `luarocks make`. Each installed tree must work on its own, with
+-- the source tree out of the search paths.
+
+local support = require "support"
+
+describe("installation", function()
+  local portal, tmp
+
+  setup(function()
+    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
+    tmp = support.run("mktemp -d"):gsub("%s+$", "")
+  end)
+
+  teardown(function()
+    if portal then portal:stop() end
+    if tmp and tmp:match("^/tmp/") then os.execute("rm -rf '" .. tmp .. "'") end
+  end)
+
+  -- Runs a command from / so nothing resolves through the source tree.
+  local function run_installed(cmd)
+    return support.run("cd / && env -u LUA_PATH -u LUA_CPATH -u LUA_PATH_5_4 -u LUA_CPATH_5_4 "
+      .. "BITRIX24_WEBHOOK_URL=" .. portal.webhook_url .. " " .. cmd)
+  end
+
+  it("make install puts a working b24 and the modules under PREFIX", function()
+    local prefix = tmp .. "/prefix"
+    local out, err, status = support.run("make -C '" .. support.ROOT .. "' -s install LUA_VERSION="
+      .. support.LUA_VERSION .. " PREFIX=" .. prefix)
+    assert.equal(0, status, out .. err)
+    local abi = support.LUA_VERSION == "luajit" and "5.1" or support.LUA_VERSION
+    for _, f in ipairs { "/share/lua/" .. abi .. "/bitrix24.lua", "/lib/lua/" .. abi .. "/bitrix24/core.so",
+      "/bin/b24", "/bin/b24-fake-portal" } do
+      assert.is_truthy(io.open(prefix .. f), "missing " .. f)
+    end
+    out, err, status = run_installed(prefix .. "/bin/b24 crm.lead.contact.items.get id=1")
+    assert.equal(0, status, err)
+    assert.matches('"CONTACT_ID":1010', out, 1, true)
+  end)
+
+  it("luarocks make builds and installs the rock into a tree", function()
+    if support.LUA_VERSION == "luajit" then return end
+    local src = tmp .. "/src"
+    local tree = tmp .. "/tree"
+    local _, err, status = support.run("mkdir -p " .. src .. " && cd '" .. support.ROOT
+      .. "' && cp -r bitrix24-scm-1.rockspec src lua bin " .. src)
+    assert.equal(0, status, err)
+    local out
+    out, err, status = support.run("cd " .. src .. " && luarocks --lua-version=" .. support.LUA_VERSION
+      .. " --tree=" .. tree .. " make --deps-mode=none bitrix24-scm-1.rockspec")
+    assert.equal(0, status, out .. err)
+    out, err, status = run_installed(support.LUA .. " -e 'package.path = \"" .. tree .. "/share/lua/"
+      .. support.LUA_VERSION .. "/?.lua;\" .. package.path; package.cpath = \"" .. tree .. "/lib/lua/"
+      .. support.LUA_VERSION .. "/?.so;\" .. package.cpath; local b = require \"bitrix24\"; "
+      .. "local c = b.from_env(); local rows = assert(c:call(\"crm.lead.contact.items.get\", {id = 1})); "
+      .. "print(#rows, b._VERSION)'")
+    assert.equal(0, status, err)
+    assert.matches("^2\t%d+%.%d+", out)
+  end)
+end)

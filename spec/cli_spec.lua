@@ -1,0 +1,108 @@
+-- bin/b24 against the fake portal: output, exit status, and no secret in
+-- anything it prints.
+
+local support = require "support"
+local core = require "bitrix24.core"
+
+describe("b24", function()
+  local portal
+  local B24 = support.ROOT .. "/bin/b24"
+
+  setup(function()
+    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
+  end)
+
+  teardown(function()
+    if portal then portal:stop() end
+  end)
+
+  before_each(function() portal:reset() end)
+
+  local function b24(args, env)
+    env = env or {}
+    if env.BITRIX24_WEBHOOK_URL == nil then env.BITRIX24_WEBHOOK_URL = portal.webhook_url end
+    env.LUA_VERSION = support.LUA_VERSION
+    return support.run(support.LUA .. " " .. B24 .. " " .. args, env)
+  end
+
+  local function no_secret(...)
+    for i = 1, select("#", ...) do
+      assert.not_matches(portal.code, (select(i, ...)), 1, true)
+    end
+  end
+
+  it("prints lead 1's contacts as JSON", function()
+    local out, err, status = b24("crm.lead.contact.items.get id=1")
+    assert.equal(0, status, err)
+    assert.equal("", err)
+    local rows = core.json_decode(out)
+    assert.same({
+      { CONTACT_ID = 1010, SORT = 10, ROLE_ID = 0, IS_PRIMARY = "Y" },
+      { CONTACT_ID = 1011, SORT = 20, ROLE_ID = 0, IS_PRIMARY = "N" },
+    }, rows)
+    no_secret(out, err)
+  end)
+
+  it("prints [] for a lead without contacts", function()
+    local out, _, status = b24("crm.lead.contact.items.get id=2")
+    assert.equal(0, status)
+    assert.equal("[]\n", out)
+  end)
+
+  it("takes parameters as JSON, nested keys and from stdin", function()
+    local out, err, status = b24([[crm.lead.contact.add --json '{"id": 2}' fields[CONTACT_ID]=1010 fields[IS_PRIMARY]=Y]])
+    assert.equal(0, status, err)
+    assert.equal("true\n", out)
+    local input = os.tmpname()
+    local f = assert(io.open(input, "w"))
+    f:write('{"id": 2}\n')
+    f:close()
+    out, err, status = b24("crm.lead.contact.items.get --json - < " .. input)
+    os.remove(input)
+    assert.equal(0, status, err)
+    local rows = core.json_decode(out)
+    assert.equal(1010, rows[1].CONTACT_ID)
+    assert.equal("Y", rows[1].IS_PRIMARY)
+  end)
+
+  it("prints a portal error on stderr with exit status 1", function()
+    local out, err, status = b24("crm.lead.contact.items.get id=13")
+    assert.equal(1, status)
+    assert.equal("", out)
+    assert.matches("ACCESS_DENIED", err)
+    no_secret(out, err)
+  end)
+
+  it("prints a wrong webhook's error without the code", function()
+    local bad = portal.webhook_url:gsub(portal.code, "wrongcode12345")
+    local out, err, status = b24("crm.lead.contact.items.get id=1", { BITRIX24_WEBHOOK_URL = bad })
+    assert.equal(1, status)
+    assert.matches("401", err)
+    assert.not_matches("wrongcode12345", out .. err, 1, true)
+  end)
+
+  it("exits 2 on a usage error and sends nothing", function()
+    local _, err, status = b24("crm.lead.contact.items.get id=0")
+    assert.equal(2, status)
+    assert.matches("params%.id must be a positive integer", err)
+    _, err, status = b24("")
+    assert.equal(2, status)
+    assert.matches("usage", err)
+    _, err, status = b24("crm.lead.contact.items.get --bogus")
+    assert.equal(2, status)
+    assert.matches("unknown option", err)
+    assert.equal(0, #portal:requests())
+  end)
+
+  it("says what to set when no credentials are given", function()
+    local _, err, status = b24("crm.lead.contact.items.get id=1", { BITRIX24_WEBHOOK_URL = "" })
+    assert.equal(2, status)
+    assert.matches("BITRIX24_WEBHOOK_URL", err)
+  end)
+
+  it("prints the time block with --time", function()
+    local _, err, status = b24("crm.lead.contact.items.get id=1 --time")
+    assert.equal(0, status)
+    assert.matches('time: {.*"start"', err)
+  end)
+end)
