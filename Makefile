@@ -34,7 +34,7 @@ CURL_CFLAGS = $(shell pkg-config --cflags libcurl)
 CURL_LIBS = $(shell pkg-config --libs libcurl)
 
 # Debian packages the build, the specs and the demo need.
-DEB_PACKAGES := make gcc pkg-config libcurl4-openssl-dev lua-cjson lua-socket \
+DEB_PACKAGES := make gcc libc6-dev pkg-config libcurl4-openssl-dev lua-cjson lua-socket luarocks procps \
 	lua-busted nginx-light libnginx-mod-http-lua openssl curl $(LUA_DEB)
 
 .PHONY: all build install test demo deps clean
