@@ -10,6 +10,8 @@
 local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
 local methods = require "bitrix24.methods"
+local batch = require "bitrix24.batch"
+local paging = require "bitrix24.paging"
 local cjson = require "cjson"
 
 local M = {
@@ -25,7 +27,6 @@ local json = cjson.new()
 json.encode_sparse_array(false)
 
 local Client = {}
-Client.__index = Client
 
 local OPTIONS = {
   timeout = "number", connect_timeout = "number", allow_http = "boolean",
@@ -213,58 +214,144 @@ local function refresh(client, method)
   return true
 end
 
-local function encode(params, method)
+-- The JSON body of a call. OAuth's token is added at send time (after a
+-- refresh it changes), as the last key, so it wins over a stray "auth".
+local function json_body(self, method, params, level)
   local ok, body = pcall(json.encode, params)
   if not ok then
-    errors.raise(3, "%s: params cannot be sent as JSON: %s", method, tostring(body):gsub("^.-: ", ""))
+    errors.raise(level, "%s: params cannot be sent as JSON: %s", method,
+      (tostring(body):gsub("^.-: ", "")))
+  end
+  if body:sub(1, 1) ~= "{" and self._auth.kind == "oauth" then
+    errors.raise(level, "%s: params must have string keys with OAuth (the token goes beside them)", method)
   end
   return body
 end
 
-local function send(client, method, params)
-  local auth = client._auth
-  local body
-  if auth.kind == "oauth" then
-    local p = {}
-    for k, v in pairs(params) do p[k] = v end
-    p.auth = auth.access_token
-    body = encode(p, method)
-  else
-    body = encode(params, method)
-  end
-  return client._http:call(auth.base .. method, body)
+local function with_auth(body, token)
+  if not token then return body end
+  local auth = '"auth":' .. json.encode(token)
+  if body == "{}" then return "{" .. auth .. "}" end
+  return body:sub(1, -2) .. "," .. auth .. "}"
 end
 
---- client:call(method, params) -> result, nil, envelope | nil, err
-function Client:call(method, params)
-  if getmetatable(self) ~= Client then
-    errors.raise(1, "call: use client:call(method, params)")
-  end
-  if type(method) ~= "string" or not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
-      or method:find("..", 1, true) then
-    errors.raise(1, "method must be a non-empty string of letters, digits, '_' and '.', got %s",
-      type(method) == "string" and string.format("%q", method) or type(method))
-  end
-  if params == nil then
-    params = {}
-  elseif type(params) ~= "table" then
-    errors.raise(1, "%s: params must be a table or nil, got %s", method, type(params))
-  end
-  params = methods.validate(method, params, 2)
-  if not self._http then errors.raise(1, "call: the client is closed") end
-
-  local env, code, description, status, extra = send(self, method, params)
-  if env then return env.result, nil, env end
-  if code == "expired_token" and self._auth.kind == "oauth" then
+-- POSTs a JSON body to a method: the one path every request takes.
+-- Refreshes an expired OAuth token once and repeats. Returns the
+-- envelope, or nil and an error object.
+local function perform(self, method, body)
+  local auth, http = self._auth, self._http
+  local env, code, description, status, extra = http:call(auth.base .. method, with_auth(body, auth.access_token))
+  if env then return env end
+  if code == "expired_token" and auth.kind == "oauth" then
     local ok, err = refresh(self, method)
     if not ok then return nil, err end
-    env, code, description, status, extra = send(self, method, params)
-    if env then return env.result, nil, env end
+    env, code, description, status, extra = http:call(auth.base .. method, with_auth(body, auth.access_token))
+    if env then return env end
   end
   if code == "PORTAL_MOVED" then
     description = description .. " to " .. tostring(extra) .. "; update the client's URL"
   end
-  return nil, fail(self._auth, method, code, description, status)
+  local err = fail(auth, method, code, description, status)
+  if type(extra) == "table" then err.response = extra end
+  return nil, err
+end
+
+local function check_params(method, params, level)
+  if params == nil then return {} end
+  if type(params) ~= "table" then
+    errors.raise(level, "%s: params must be a table or nil, got %s", method, type(params))
+  end
+  return params
+end
+
+local function check_client(self, name, level)
+  if getmetatable(self) ~= Client then
+    errors.raise(level, "%s: use client:%s(...)", name, name)
+  end
+  if not rawget(self, "_http") then errors.raise(level, "%s: the client is closed", name) end
+end
+
+-- level: the frame to blame, counted from call (1: its caller).
+local function call(self, method, params, level)
+  methods.check_name(method, level + 1)
+  params = check_params(method, params, level + 1)
+  params = methods.validate(method, params, level + 1)
+  local body = json_body(self, method, params, level + 1)
+  local env, err = perform(self, method, body)
+  if not env then return nil, err end
+  return env.result, nil, env
+end
+
+--- client:call(method, params) -> result, nil, envelope | nil, err
+function Client:call(method, params)
+  check_client(self, "call", 2)
+  local result, err, env = call(self, method, params, 2)
+  return result, err, env
+end
+
+--- client:batch(commands, opts) -> results | nil, err
+--- commands: { key = { method, params }, ... }; opts.halt, opts.progress.
+function Client:batch(commands, opts)
+  check_client(self, "batch", 2)
+  local plan = batch.plan(commands, opts, 2)
+  return batch.run(plan, function(body) return perform(self, "batch", body) end,
+    function(code, description, method) return fail(self._auth, method, code, description) end)
+end
+
+--- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
+function Client:lead_contacts(ids, opts)
+  check_client(self, "lead_contacts", 2)
+  local plan, keys = batch.plan_lead_contacts(ids, opts, 2)
+  if not plan then return {}, {} end
+  local results, err = batch.run(plan, function(body) return perform(self, "batch", body) end,
+    function(code, description, method) return fail(self._auth, method, code, description) end)
+  return batch.by_lead(keys, results, err)
+end
+
+--- for item, err in client:each(method, params, opts) do ... end
+function Client:each(method, params, opts)
+  check_client(self, "each", 2)
+  methods.check_name(method, 2)
+  params = check_params(method, params, 2)
+  params = methods.validate(method, params, 2)
+  json_body(self, method, params, 2)
+  local pager = paging.new(method, params, opts, 2)
+  return pager:iterator(function(page_params)
+    return perform(self, method, json_body(self, method, page_params, 1))
+  end)
+end
+
+-- The typed form: client.crm.lead.contact.items.get{ id = 1 } calls
+-- "crm.lead.contact.items.get". Each step is a small callable table.
+local Namespace = {}
+
+local function namespace(client, name)
+  return setmetatable({ _client = client, _name = name }, Namespace)
+end
+
+Namespace.__index = function(ns, key)
+  if type(key) ~= "string" then return nil end
+  return namespace(rawget(ns, "_client"), rawget(ns, "_name") .. "." .. key)
+end
+
+Namespace.__call = function(ns, params, ...)
+  -- Also called as items:get{...}: the first argument is then the parent.
+  if getmetatable(params) == Namespace then params = ... end
+  local client = rawget(ns, "_client")
+  check_client(client, rawget(ns, "_name"), 2)
+  local result, err, env = call(client, rawget(ns, "_name"), params, 2)
+  return result, err, env
+end
+
+Namespace.__tostring = function(ns)
+  return "bitrix24 method " .. rawget(ns, "_name")
+end
+
+function Client:__index(key)
+  local m = Client[key]
+  if m ~= nil then return m end
+  if type(key) == "string" and key:sub(1, 1) ~= "_" then return namespace(self, key) end
+  return nil
 end
 
 --- Frees the connection; the client cannot be used afterwards.

@@ -100,6 +100,63 @@ describe("b24", function()
     assert.matches("BITRIX24_WEBHOOK_URL", err)
   end)
 
+  local function write_tmp(text)
+    local path = os.tmpname()
+    local f = assert(io.open(path, "w"))
+    f:write(text)
+    f:close()
+    return path
+  end
+
+  it("runs a batch from a JSON file and prints each result", function()
+    local path = write_tmp('{"a": ["crm.lead.contact.items.get", {"id": 1}], '
+      .. '"b": ["crm.lead.contact.items.get", {"id": 13}]}')
+    local out, err, status = b24("--batch " .. path)
+    os.remove(path)
+    assert.equal(1, status, err)
+    local printed = core.json_decode(out)
+    assert.equal(1010, printed.a.result[1].CONTACT_ID)
+    assert.equal("ACCESS_DENIED", printed.b.error.code)
+    assert.equal(1, #portal:requests())
+    portal:reset()
+    path = write_tmp('{"a": ["crm.lead.contact.items.get", {"id": 1}]}')
+    out, err, status = b24("--batch - < " .. path)
+    os.remove(path)
+    assert.equal(0, status, err)
+    assert.equal(2, #core.json_decode(out).a.result)
+  end)
+
+  it("fetches the contacts of many leads, ids from stdin", function()
+    local ids = {}
+    for i = 1, 120 do ids[i] = i end
+    local path = write_tmp(table.concat(ids, "\n"))
+    local out, err, status = b24("--lead-contacts - < " .. path)
+    os.remove(path)
+    assert.equal(1, status)
+    assert.matches("lead 13: .*ACCESS_DENIED", err)
+    local printed = core.json_decode(out)
+    assert.equal(1010, printed["1"][1].CONTACT_ID)
+    assert.same({}, printed["2"])
+    assert.is_nil(printed["13"])
+    assert.equal(3, #portal:requests())
+    -- Not a terminal: no progress bar in stderr.
+    assert.not_matches("%[#", err)
+  end)
+
+  it("draws a progress bar when stderr is a terminal", function()
+    local cmd = "BITRIX24_WEBHOOK_URL=" .. portal.webhook_url .. " LUA_VERSION=" .. support.LUA_VERSION
+      .. " " .. support.LUA .. " " .. B24 .. " --lead-contacts 1,2,3,4,5,6 >/dev/null"
+    local out, _, status = support.run("script -qec '" .. cmd .. "' /dev/null")
+    assert.equal(0, status)
+    assert.matches("%[#+%] 6/6 leads", out)
+  end)
+
+  it("rejects two jobs at once", function()
+    local _, err, status = b24("crm.lead.contact.items.get --lead-contacts 1")
+    assert.equal(2, status)
+    assert.matches("usage", err)
+  end)
+
   it("prints the time block with --time", function()
     local _, err, status = b24("crm.lead.contact.items.get id=1 --time")
     assert.equal(0, status)

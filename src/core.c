@@ -6,6 +6,7 @@
 #include "compat.h"
 #include "envelope.h"
 #include "http.h"
+#include "query.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_OK;
@@ -21,6 +22,7 @@ static void init_curl(void)
 static const luaL_Reg decoders[] = {
     {"decode", b24_decode},
     {"json_decode", b24_json_decode},
+    {"query", b24_query},
     {NULL, NULL}
 };
 

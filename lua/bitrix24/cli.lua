@@ -15,12 +15,24 @@ local M = {}
 
 local USAGE = [[
 usage: b24 METHOD [key=value ...] [--json JSON|@FILE|-] [--time]
+       b24 --batch FILE|- [--halt]
+       b24 --lead-contacts ID[,ID...]|-
 
 Calls a Bitrix24 REST method and prints its result as JSON.
 Credentials come from BITRIX24_WEBHOOK_URL (or the BITRIX24_OAUTH_* variables).
-  key=value       a parameter; PHP-style keys: fields[CONTACT_ID]=5, items[0][SORT]=10
-  --json JSON     parameters as a JSON object; @FILE reads a file, - reads stdin
-  --time          print the answer's time block to stderr
+  key=value         a parameter; PHP-style keys: fields[CONTACT_ID]=5, items[0][SORT]=10
+  --json JSON       parameters as a JSON object; @FILE reads a file, - reads stdin
+  --time            print the answer's time block to stderr
+  --batch FILE      run the commands in FILE (- for stdin), a JSON object
+                    {"key": ["method", {params}], ...}, 50 to a request; prints
+                    {"key": {"result": ..., "error": ..., "total": ..., "next": ...}}
+  --halt            with --batch: stop at the first failing command
+  --lead-contacts   the contacts of many leads (ids separated by commas or spaces,
+                    - reads them from stdin), 50 leads to a request; prints
+                    {"lead id": [rows], ...}, a lead's error on stderr
+A progress bar goes to stderr when it is a terminal. Exit status: 0 on success,
+1 when the portal or the network failed (or any command or lead did), 2 on a
+usage error (nothing is sent then).
 example: b24 crm.lead.contact.items.get id=1
 ]]
 
@@ -71,11 +83,91 @@ local function read_json(spec)
   return v
 end
 
+local function is_terminal(fd)
+  local a, _, c = os.execute("test -t " .. fd)
+  if type(a) == "number" then return a == 0 end
+  return a == true and (c == nil or c == 0)
+end
+
+-- "\r[#########           ] 1200/2000 leads" on a terminal, nothing elsewhere.
+local function progress_bar(errout, what)
+  if not is_terminal(2) then return nil end
+  return function(done, total)
+    local width = 30
+    local filled = total and total > 0 and math.floor(width * done / total) or 0
+    errout:write(string.format("\r[%s%s] %d/%s %s", ("#"):rep(filled), (" "):rep(width - filled),
+      done, total and tostring(total) or "?", what))
+    if total and done >= total then errout:write("\n") end
+    errout:flush()
+  end
+end
+
+local function error_json(err)
+  if not err then return nil end
+  return { code = err.code, description = err.description }
+end
+
+local function read_text(spec)
+  if spec == "-" then return io.read("*a") end
+  local f, err = io.open(spec, "rb")
+  if not f then return nil, err end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
+local function run_batch(client, file, halt, out, errout)
+  local text, err = read_text(file)
+  if not text then errout:write("b24: ", err, "\n"); return 2 end
+  local commands = core.json_decode(text)
+  if type(commands) ~= "table" then errout:write("b24: --batch: not a JSON object\n"); return 2 end
+  local results
+  results, err = client:batch(commands, { halt = halt, progress = progress_bar(errout, "commands") })
+  if not results then
+    errout:write(tostring(err), "\n")
+    return 1
+  end
+  local printed, failed = {}, false
+  for key, item in pairs(results) do
+    printed[key] = { result = item.result, error = error_json(item.error), total = item.total, next = item.next }
+    failed = failed or item.error ~= nil
+  end
+  out:write(json.encode(printed), "\n")
+  return failed and 1 or 0
+end
+
+local function run_lead_contacts(client, spec, out, errout)
+  local text = spec
+  if spec == "-" then text = io.read("*a") end
+  local ids = {}
+  for id in text:gmatch("[^%s,]+") do ids[#ids + 1] = id end
+  if #ids == 0 then errout:write("b24: --lead-contacts: no lead ids\n"); return 2 end
+  local rows, errs = client:lead_contacts(ids, { progress = progress_bar(errout, "leads") })
+  if not rows then
+    errout:write(tostring(errs), "\n")
+    return 1
+  end
+  local printed, failed = {}, false
+  for id, r in pairs(rows) do printed[tostring(id)] = r end
+  for id, e in pairs(errs) do
+    errout:write("lead ", tostring(id), ": ", tostring(e), "\n")
+    failed = true
+  end
+  out:write(json.encode(printed), "\n")
+  return failed and 1 or 0
+end
+
 -- Returns the exit status; out/errout are files (io.stdout/io.stderr).
 function M.main(args, out, errout)
   out, errout = out or io.stdout, errout or io.stderr
   local method, params, show_time = nil, {}, false
+  local batch_file, halt, lead_ids
   local i = 1
+  local function value(name)
+    i = i + 1
+    if not args[i] then errout:write("b24: ", name, " needs a value\n") end
+    return args[i]
+  end
   while i <= #args do
     local a = args[i]
     if a == "-h" or a == "--help" then
@@ -83,36 +175,53 @@ function M.main(args, out, errout)
       return 0
     elseif a == "--time" then
       show_time = true
+    elseif a == "--halt" then
+      halt = true
+    elseif a == "--batch" then
+      batch_file = value(a)
+      if not batch_file then return 2 end
+    elseif a == "--lead-contacts" then
+      lead_ids = value(a)
+      if not lead_ids then return 2 end
     elseif a == "--json" then
-      i = i + 1
-      if not args[i] then errout:write("b24: --json needs a value\n"); return 2 end
-      local v, err = read_json(args[i])
+      local spec = value(a)
+      if not spec then return 2 end
+      local v, err = read_json(spec)
       if not v then errout:write("b24: ", err, "\n"); return 2 end
       for k, val in pairs(v) do params[k] = val end
-    elseif a:sub(1, 1) == "-" then
+    elseif a:sub(1, 1) == "-" and a ~= "-" then
       errout:write("b24: unknown option ", a, "\n", USAGE)
       return 2
     elseif not method then
       method = a
     else
-      local key, value = a:match("^([^=]+)=(.*)$")
+      local key, val = a:match("^([^=]+)=(.*)$")
       if not key then errout:write("b24: expected key=value, got ", a, "\n"); return 2 end
-      local ok, err = set_param(params, key, value)
+      local ok, err = set_param(params, key, val)
       if not ok then errout:write("b24: ", err, "\n"); return 2 end
     end
     i = i + 1
   end
-  if not method then errout:write(USAGE); return 2 end
+  local jobs = (method and 1 or 0) + (batch_file and 1 or 0) + (lead_ids and 1 or 0)
+  if jobs ~= 1 then errout:write(USAGE); return 2 end
 
   local client, err = bitrix24.from_env()
   if not client then errout:write("b24: ", tostring(err), "\n"); return 2 end
-  local ok, result, meta
-  ok, result, err, meta = pcall(client.call, client, method, params)
+  local ok, status, result, meta
+  if batch_file then
+    ok, status = pcall(run_batch, client, batch_file, halt, out, errout)
+  elseif lead_ids then
+    ok, status = pcall(run_lead_contacts, client, lead_ids, out, errout)
+  else
+    ok, result, err, meta = pcall(client.call, client, method, params)
+    status = result
+  end
   client:close()
   if not ok then
-    errout:write("b24: ", tostring(result):gsub("^.-:%d+: ", ""), "\n")
+    errout:write("b24: ", (tostring(status):gsub("^.-:%d+: ", "")), "\n")
     return 2
   end
+  if batch_file or lead_ids then return status end
   if err then
     errout:write(tostring(err), "\n")
     return 1

@@ -12,9 +12,19 @@ local function describe(v)
   return tostring(v) .. " (" .. type(v) .. ")"
 end
 
+-- Batch commands may hold references to earlier results
+-- ($result[cmd][0][ID]) wherever a value goes; the server fills them in.
+-- Set by validate for each check.
+local refs_allowed = false
+
+local function is_reference(v)
+  return refs_allowed and type(v) == "string" and v:match("^%$%a+%[.*%]$") ~= nil
+end
+
 -- Integers as Lua numbers without a fraction, or strings of digits
 -- (Bitrix24 reads ids with intval, and ids often arrive as strings).
 local function integer_value(v)
+  if is_reference(v) then return 1 end
   if type(v) == "number" then
     if v == math.floor(v) and v > -2^53 and v < 2^53 then return v end
   elseif type(v) == "string" and v:match("^%-?%d+$") and #v <= 15 then
@@ -55,7 +65,7 @@ local function check_binding(method, name, b, level)
     for k, v in pairs(b) do copy[k] = v end
     copy.IS_PRIMARY = p and "Y" or "N"
     return copy
-  elseif p ~= nil and p ~= "Y" and p ~= "N" then
+  elseif p ~= nil and p ~= "Y" and p ~= "N" and not is_reference(p) then
     errors.raise(level, '%s: %s.IS_PRIMARY must be "Y", "N" or a boolean, got %s',
       method, name, describe(p))
   end
@@ -120,9 +130,21 @@ check["crm.lead.contact.items.set"] = function(method, params, level)
   return changed and with(params, "items", out) or params
 end
 
+-- A REST method name: letters, digits, "_" and single dots between them.
+-- Anything else could change the URL the call goes to.
+function M.check_name(method, level)
+  if type(method) ~= "string" or not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
+      or method:find("..", 1, true) then
+    errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s",
+      type(method) == "string" and string.format("%q", method) or type(method))
+  end
+end
+
 -- Returns the params to send (the caller's table, or a converted copy).
--- level: the frame to blame, counted from validate (1: its caller).
-function M.validate(method, params, level)
+-- level: the frame to blame, counted from validate (1: its caller);
+-- refs: allow batch references in place of values.
+function M.validate(method, params, level, refs)
+  refs_allowed = refs or false
   local f = check[method:lower()]
   if not f then return params end
   -- Not a tail call: it would remove a frame and shift the blamed level.

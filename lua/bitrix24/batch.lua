@@ -1,0 +1,222 @@
+-- Batch: many calls in few requests.
+--
+-- plan() checks and encodes the commands before anything is sent (a bad
+-- command raises, and no part of the batch goes out), orders them so a
+-- $result[key] reference comes after the command it names, and splits
+-- them into requests of at most 50 commands. run() sends the requests
+-- and unpacks the answers.
+
+local core = require "bitrix24.core"
+local cjson = require "cjson"
+local errors = require "bitrix24.errors"
+local methods = require "bitrix24.methods"
+
+local json = cjson.new()
+
+local M = { MAX_COMMANDS = 50 }
+
+local REFERENCE = "%$%a+%[([%w_]+)%]"
+
+-- Keys of digits sort as numbers (lead ids), the rest as strings, digits first.
+local function key_less(a, b)
+  local na, nb = a:match("^%d+$") and tonumber(a), b:match("^%d+$") and tonumber(b)
+  if na and nb then return na < nb end
+  if na or nb then return na ~= nil end
+  return a < b
+end
+
+-- Commands in key order, each after the commands it refers to.
+local function order(cmd, deps, level)
+  local keys = {}
+  for key in pairs(cmd) do keys[#keys + 1] = key end
+  table.sort(keys, key_less)
+  local out, state = {}, {}
+  local function visit(key, from)
+    if state[key] == "done" then return end
+    if state[key] == "visiting" then
+      errors.raise(level + 1, "batch: commands %s and %s refer to each other", key, from)
+    end
+    state[key] = "visiting"
+    for _, dep in ipairs(deps[key]) do visit(dep, key) end
+    state[key] = "done"
+    out[#out + 1] = key
+  end
+  for _, key in ipairs(keys) do visit(key) end
+  return out
+end
+
+local function chunks_of(ordered, deps, level)
+  local chunks, where = {}, {}
+  for i, key in ipairs(ordered) do
+    local n = math.floor((i - 1) / M.MAX_COMMANDS) + 1
+    chunks[n] = chunks[n] or {}
+    table.insert(chunks[n], key)
+    where[key] = n
+    for _, dep in ipairs(deps[key]) do
+      if where[dep] ~= n then
+        errors.raise(level, "batch: %s refers to %s, which goes in an earlier request of %d commands; "
+          .. "keep referring commands within %d of each other", key, dep, M.MAX_COMMANDS, M.MAX_COMMANDS)
+      end
+    end
+  end
+  return chunks
+end
+
+local function check_opts(opts, level)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then errors.raise(level, "batch: opts must be a table, got %s", type(opts)) end
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    errors.raise(level, "batch: opts.progress must be a function")
+  end
+  return opts
+end
+
+-- level: the frame to blame, counted from plan (1: its caller).
+function M.plan(commands, opts, level)
+  opts = check_opts(opts, level + 1)
+  if type(commands) ~= "table" or next(commands) == nil then
+    errors.raise(level, "batch: commands must be a non-empty table of key = { method, params }")
+  end
+  local cmd, names, deps = {}, {}, {}
+  for key, c in pairs(commands) do
+    if type(key) ~= "string" or not key:match("^[%w_]+$") then
+      errors.raise(level, "batch: command keys must be strings of letters, digits and '_', got %s",
+        type(key) == "string" and string.format("%q", key) or tostring(key))
+    end
+    if type(c) ~= "table" then
+      errors.raise(level, "batch: commands.%s must be a table { method, params }", key)
+    end
+    local method, params = c[1] or c.method, c[2] or c.params
+    methods.check_name(method, level + 1)
+    if method:lower() == "batch" then
+      errors.raise(level, "batch: commands.%s: a batch cannot contain a batch", key)
+    end
+    if params == nil then params = {} end
+    if type(params) ~= "table" then
+      errors.raise(level, "batch: commands.%s: params must be a table or nil, got %s", key, type(params))
+    end
+    params = methods.validate(method, params, level + 1, true)
+    local ok, query = pcall(core.query, params)
+    if not ok then
+      errors.raise(level, "batch: commands.%s (%s): %s", key, method, (tostring(query):gsub("^.-: ", "")))
+    end
+    cmd[key] = query == "" and method or method .. "?" .. query
+    names[key] = method
+  end
+  for key, text in pairs(cmd) do
+    deps[key] = {}
+    for ref in text:gmatch(REFERENCE) do
+      if not cmd[ref] then
+        errors.raise(level, "batch: commands.%s refers to $result[%s], which is not a command", key, ref)
+      end
+      if ref ~= key then table.insert(deps[key], ref) end
+    end
+  end
+  local ordered = order(cmd, deps, level + 1)
+  return {
+    cmd = cmd, methods = names, chunks = chunks_of(ordered, deps, level + 1),
+    total = #ordered, halt = opts.halt and true or false, progress = opts.progress,
+  }
+end
+
+-- One request's body; the commands keep their order, which a Lua table
+-- would not, so it is written by hand.
+local function body_of(plan, chunk)
+  local parts = {}
+  for i, key in ipairs(chunk) do
+    parts[i] = json.encode(key) .. ":" .. json.encode(plan.cmd[key])
+  end
+  return '{"halt":' .. (plan.halt and 1 or 0) .. ',"cmd":{' .. table.concat(parts, ",") .. "}}"
+end
+
+-- The answer's maps arrive as {} or [] when empty and as arrays when the
+-- keys were 0..n-1 (PHP's json_encode): make them all key -> value.
+local function as_map(t)
+  if type(t) ~= "table" then return {} end
+  if t[1] == nil then return t end
+  local m = {}
+  for i, v in ipairs(t) do m[tostring(i - 1)] = v end
+  return m
+end
+
+-- send(body) -> envelope | nil, err; make_error(code, description, method).
+function M.run(plan, send, make_error)
+  local results, done = {}, 0
+  for _, chunk in ipairs(plan.chunks) do
+    local env, err = send(body_of(plan, chunk))
+    if env and type(env.result) ~= "table" then
+      env, err = nil, make_error("BAD_RESPONSE", "the batch answer has no result map", "batch")
+    end
+    if not env then
+      err.partial = results
+      return nil, err
+    end
+    local r = env.result
+    local res, errs = as_map(r.result), as_map(r.result_error)
+    local totals, nexts, times = as_map(r.result_total), as_map(r.result_next), as_map(r.result_time)
+    local failed = false
+    for _, key in ipairs(chunk) do
+      local e = errs[key]
+      if res[key] ~= nil or e ~= nil then
+        local item = { result = res[key], total = totals[key], next = nexts[key], time = times[key] }
+        if e ~= nil then
+          failed = true
+          local code = type(e) == "table" and e.error or ""
+          local description = type(e) == "table" and e.error_description or ""
+          item.error = make_error(type(code) == "string" and code or tostring(code),
+            type(description) == "string" and description or "", plan.methods[key])
+        end
+        results[key] = item
+      end
+    end
+    done = done + #chunk
+    if plan.progress then plan.progress(done, plan.total) end
+    if plan.halt and failed then break end
+  end
+  return results
+end
+
+-- The contacts of many leads: one items.get per lead, 50 to a request.
+function M.plan_lead_contacts(ids, opts, level)
+  if type(ids) ~= "table" then
+    errors.raise(level, "lead_contacts: ids must be an array of lead ids, got %s", type(ids))
+  end
+  local commands, keys = {}, {}
+  for i = 1, #ids do
+    local id = ids[i]
+    local n = type(id) == "string" and id:match("^%d+$") and tonumber(id) or id
+    if type(n) ~= "number" or n <= 0 or n ~= math.floor(n) or n >= 2^53 then
+      errors.raise(level, "lead_contacts: ids[%d] must be a positive integer, got %s", i, tostring(id))
+    end
+    local key = string.format("%d", n)
+    if not keys[key] then
+      keys[key] = id
+      commands[key] = { "crm.lead.contact.items.get", { id = n } }
+    end
+  end
+  for k in pairs(ids) do
+    if type(k) ~= "number" or k < 1 or k > #ids or k ~= math.floor(k) then
+      errors.raise(level, "lead_contacts: ids must be an array (keys 1..n)")
+    end
+  end
+  if #ids == 0 then return nil, keys end
+  return M.plan(commands, opts, level + 1), keys
+end
+
+-- results keyed by command -> rows and errors keyed by the caller's ids.
+-- After a failed request, what was fetched before it is kept in
+-- err.partial = { rows = ..., errors = ... }.
+function M.by_lead(keys, results, err)
+  local rows, errs = {}, {}
+  for key, item in pairs(results or err.partial or {}) do
+    local id = keys[key]
+    if item.error then errs[id] = item.error else rows[id] = item.result end
+  end
+  if err then
+    err.partial = { rows = rows, errors = errs }
+    return nil, err
+  end
+  return rows, errs
+end
+
+return M

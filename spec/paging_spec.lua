@@ -1,0 +1,130 @@
+-- client:each over list methods: following next, and the fast mode for
+-- large exports (start = -1 with an ID filter).
+
+local support = require "support"
+local bitrix24 = require "bitrix24"
+local fakejson = require "bitrix24.fake.json"
+
+-- A portal data file with 1,000 leads (ids with gaps) and a few contacts.
+local function write_data()
+  local leads, id = {}, 0
+  for i = 1, 1000 do
+    id = id + (i % 7 == 0 and 3 or 1)
+    leads[i] = { ID = id, TITLE = "Lead " .. id, NAME = "N" .. i, LAST_NAME = "L" .. i, STATUS_ID = "NEW" }
+  end
+  local contacts = {}
+  for i = 1, 10 do contacts[i] = { ID = 5000 + i, NAME = "C" .. i, LAST_NAME = "X" } end
+  local path = os.tmpname()
+  local f = assert(io.open(path, "w"))
+  f:write(fakejson.encode { leads = leads, contacts = contacts })
+  f:close()
+  return path, leads
+end
+
+describe("client:each", function()
+  local portal, client, data_path, leads
+
+  setup(function()
+    data_path, leads = write_data()
+    portal = support.start_portal { tls = false, rate = 1000, burst = 100000, data = data_path }
+    client = bitrix24.webhook(portal.webhook_url)
+  end)
+
+  teardown(function()
+    if client then client:close() end
+    if portal then portal:stop() end
+    if data_path then os.remove(data_path) end
+  end)
+
+  before_each(function() portal:reset() end)
+
+  local function export(params, opts)
+    local ids = {}
+    for lead, err in client:each("crm.lead.list", params, opts) do
+      assert.is_nil(err)
+      ids[#ids + 1] = tonumber(lead.ID)
+    end
+    return ids
+  end
+
+  it("exports 1,000 leads by following next, 50 to a page", function()
+    local ids = export { select = { "ID", "TITLE" } }
+    assert.equal(1000, #ids)
+    for i, lead in ipairs(leads) do assert.equal(lead.ID, ids[i]) end
+    local log = portal:requests()
+    assert.equal(20, #log)
+    assert.equal(0, tonumber(log[1].params.start or 0))
+    assert.equal(950, tonumber(log[20].params.start))
+  end)
+
+  it("exports the same 1,000 leads in fast mode, without counting", function()
+    local slow = export { select = { "ID", "TITLE" } }
+    portal:reset()
+    local fast = export({ select = { "TITLE" } }, { fast = true })
+    assert.same(slow, fast)
+    local log = portal:requests()
+    assert.equal(21, #log)
+    for _, r in ipairs(log) do
+      assert.equal(-1, tonumber(r.params.start))
+      assert.equal("ASC", r.params.order.ID)
+    end
+    assert.is_nil(log[1].params.filter and log[1].params.filter[">ID"])
+    assert.equal(slow[50], tonumber(log[2].params.filter[">ID"]))
+  end)
+
+  it("keeps the caller's filter in fast mode", function()
+    local ids = export({ filter = { [">ID"] = 1100 } }, { fast = true })
+    assert.is_true(#ids > 0)
+    for _, id in ipairs(ids) do assert.is_true(id > 1100) end
+    local want = 0
+    for _, lead in ipairs(leads) do if lead.ID > 1100 then want = want + 1 end end
+    assert.equal(want, #ids)
+  end)
+
+  it("yields rows as they come, one page in memory", function()
+    local first
+    for lead in client:each("crm.lead.list", {}) do
+      first = lead
+      break
+    end
+    assert.equal(tostring(leads[1].ID), tostring(first.ID))
+    assert.equal(1, #portal:requests())
+  end)
+
+  it("reports progress with the total", function()
+    local seen = {}
+    for _ in client:each("crm.lead.list", {}, { progress = function(n, total) seen[#seen + 1] = { n, total } end }) do end
+    assert.equal(20, #seen)
+    assert.same({ 50, 1000 }, seen[1])
+    assert.same({ 1000, 1000 }, seen[20])
+  end)
+
+  it("hands a failure to the loop as false, err and then ends", function()
+    portal:fault { method = "crm.lead.list", kind = "error500", times = 1 }
+    local got = {}
+    for lead, err in client:each("crm.lead.list", {}) do
+      got[#got + 1] = { lead, err }
+    end
+    assert.equal(1, #got)
+    assert.is_false(got[1][1])
+    assert.equal("INTERNAL_SERVER_ERROR", got[1][2].code)
+  end)
+
+  it("pages through crm.contact.list too", function()
+    local n = 0
+    for contact in client:each("crm.contact.list", {}) do
+      n = n + 1
+      assert.is_string(contact.ID)
+    end
+    assert.equal(10, n)
+  end)
+
+  it("raises for bad arguments, and sends nothing", function()
+    assert.has_error(function() client:each("crm/lead", {}) end)
+    assert.has_error(function() client:each("crm.lead.list", 5) end)
+    assert.has_error(function() client:each("crm.lead.list", {}, 5) end)
+    assert.has_error(function() client:each("crm.lead.list", { order = { DATE_CREATE = "DESC" } }, { fast = true }) end)
+    assert.has_error(function() client:each("crm.lead.list", { f = print }) end)
+    assert.equal(0, #portal:requests())
+  end)
+end)

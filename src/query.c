@@ -1,0 +1,304 @@
+/* Lua params -> the PHP-style query string of a batch command:
+ *   { id = 1, fields = { CONTACT_ID = 5 }, items = { { SORT = 10 } } }
+ *   -> "fields[CONTACT_ID]=5&id=1&items[0][SORT]=10"
+ *
+ * Names and values are percent-encoded once (RFC 3986 unreserved
+ * characters stay); brackets stay literal, as in Bitrix24's docs. Arrays
+ * (keys 1..n) get 0-based indexes; map keys are sorted so the same params
+ * always give the same string. A value that is a batch reference
+ * ($result[cmd][0][ID], also $next, $total, $time, $error) is passed
+ * through untouched, because the server substitutes it in the raw text.
+ *
+ * The output grows in a buffer owned by a userdata, so luaL_error can be
+ * raised anywhere (a function in the params, a cycle) without a leak. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "compat.h"
+#include "query.h"
+
+#define MAX_DEPTH 32
+#define BUF_MT "bitrix24.querybuf"
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+} buf;
+
+typedef struct {
+    buf out, key;
+} bufs;
+
+static int bufs_gc(lua_State *L)
+{
+    bufs *b = lua_touserdata(L, 1);
+    free(b->out.p);
+    free(b->key.p);
+    b->out.p = b->key.p = NULL;
+    return 0;
+}
+
+static void add(lua_State *L, buf *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *p;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        p = realloc(b->p, cap);
+        if (!p)
+            luaL_error(L, "out of memory");
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void add_escaped(lua_State *L, buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+            (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' ||
+            c == '~') {
+            add(L, b, s + i, 1);
+        } else {
+            char e[3];
+            e[0] = '%';
+            e[1] = hex[c >> 4];
+            e[2] = hex[c & 15];
+            add(L, b, e, 3);
+        }
+    }
+}
+
+/* "$result[key]..." and its siblings, made only of safe characters. */
+static int is_reference(const char *s, size_t n)
+{
+    static const char *const names[] = {"$result[", "$next[", "$total[",
+                                         "$time[", "$error[", NULL};
+    int i;
+    size_t j;
+    for (i = 0; names[i]; i++)
+        if (n > strlen(names[i]) && !strncmp(s, names[i], strlen(names[i])))
+            break;
+    if (!names[i] || s[n - 1] != ']')
+        return 0;
+    for (j = 1; j < n; j++) {
+        char c = s[j];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '[' || c == ']' ||
+              c == '-' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Appends "key=" then the value; the key is b->key. */
+static void add_pair(lua_State *L, bufs *b, const char *v, size_t n, int raw)
+{
+    if (b->out.len)
+        add(L, &b->out, "&", 1);
+    add(L, &b->out, b->key.p, b->key.len);
+    add(L, &b->out, "=", 1);
+    if (raw)
+        add(L, &b->out, v, n);
+    else
+        add_escaped(L, &b->out, v, n);
+}
+
+static int fail(lua_State *L, bufs *b, const char *what)
+{
+    return luaL_error(L, "cannot encode %s at %s", what,
+                      b->key.len ? b->key.p : "the top level");
+}
+
+/* Formats the number at idx: integers without a fraction, others with
+ * enough digits to round-trip. */
+static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
+                            size_t size)
+{
+    lua_Number n;
+#if B24_HAS_INTEGERS
+    if (lua_isinteger(L, idx))
+        return (size_t)snprintf(out, size, "%lld",
+                                (long long)lua_tointeger(L, idx));
+#endif
+    n = lua_tonumber(L, idx);
+    if (n != n || n == HUGE_VAL || n == -HUGE_VAL)
+        fail(L, b, "a NaN or infinite number");
+    if (n == floor(n) && fabs(n) < 1e15)
+        return (size_t)snprintf(out, size, "%.0f", (double)n);
+    return (size_t)snprintf(out, size, "%.17g", (double)n);
+}
+
+static int is_sequence(lua_State *L, int t)
+{
+    size_t n = b24_rawlen(L, t), count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        count++;
+    }
+    return count == n;
+}
+
+static void encode_value(lua_State *L, bufs *b, int depth);
+
+/* Encodes the value on the top of the stack under key + [k]; pops it. */
+static void encode_child(lua_State *L, bufs *b, const char *k, size_t kn,
+                         int depth)
+{
+    size_t mark = b->key.len;
+    if (depth > 0)
+        add(L, &b->key, "[", 1);
+    add_escaped(L, &b->key, k, kn);
+    if (depth > 0)
+        add(L, &b->key, "]", 1);
+    encode_value(L, b, depth + 1);
+    b->key.len = mark;
+    b->key.p[mark] = '\0';
+}
+
+static int compare_keys(const void *x, const void *y)
+{
+    return strcmp(*(const char *const *)x, *(const char *const *)y);
+}
+
+/* The table's keys as sorted strings, so equal params always encode the
+ * same. Pushes an anchor table holding the strings; the caller pops it. */
+static const char **sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
+{
+    size_t n = 0, i = 0;
+    const char **keys;
+    char num[64];
+
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        n++;
+    }
+    lua_createtable(L, 0, 1);
+    keys = lua_newuserdata(L, (n ? n : 1) * sizeof *keys);
+    lua_setfield(L, -2, "keys");
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            size_t len = format_number(L, b, -1, num, sizeof num);
+            lua_pushlstring(L, num, len);
+        } else if (lua_type(L, -1) == LUA_TSTRING) {
+            lua_pushvalue(L, -1);
+        } else {
+            fail(L, b, "a key that is not a string or a number");
+        }
+        keys[i++] = lua_tostring(L, -1);
+        lua_rawseti(L, -3, (int)i);
+    }
+    qsort(keys, n, sizeof *keys, compare_keys);
+    *count = n;
+    return keys;
+}
+
+static void encode_table(lua_State *L, bufs *b, int depth)
+{
+    int t = lua_gettop(L);
+    char num[64];
+
+    if (depth > MAX_DEPTH)
+        fail(L, b, "a table nested too deep (a cycle?)");
+    if (!lua_checkstack(L, 8))
+        fail(L, b, "a table nested too deep");
+    if (is_sequence(L, t)) {
+        size_t i, n = b24_rawlen(L, t);
+        for (i = 1; i <= n; i++) {
+            lua_rawgeti(L, t, (int)i);
+            encode_child(L, b, num,
+                         (size_t)snprintf(num, sizeof num, "%d", (int)i - 1),
+                         depth);
+        }
+    } else {
+        size_t i, n;
+        const char **keys = sorted_keys(L, b, t, &n);
+        for (i = 0; i < n; i++) {
+            lua_pushstring(L, keys[i]);
+            lua_rawget(L, t);
+            if (lua_isnil(L, -1)) {
+                /* A number key was turned into a string: look it up as one. */
+                lua_pop(L, 1);
+                lua_pushnumber(L, strtod(keys[i], NULL));
+                lua_rawget(L, t);
+            }
+            encode_child(L, b, keys[i], strlen(keys[i]), depth);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+static void encode_value(lua_State *L, bufs *b, int depth)
+{
+    char num[64];
+    size_t n;
+    const char *s;
+
+    switch (lua_type(L, -1)) {
+    case LUA_TTABLE:
+        encode_table(L, b, depth);
+        return;
+    case LUA_TSTRING:
+        s = lua_tolstring(L, -1, &n);
+        add_pair(L, b, s, n, is_reference(s, n));
+        break;
+    case LUA_TNUMBER:
+        n = format_number(L, b, -1, num, sizeof num);
+        add_pair(L, b, num, n, 1);
+        break;
+    case LUA_TBOOLEAN:
+        add_pair(L, b, lua_toboolean(L, -1) ? "1" : "0", 1, 1);
+        break;
+    case LUA_TLIGHTUSERDATA:
+        /* cjson.null: PHP reads an empty value as "". */
+        if (lua_touserdata(L, -1) == NULL) {
+            add_pair(L, b, "", 0, 1);
+            break;
+        }
+        /* fall through */
+    default:
+        fail(L, b, luaL_typename(L, -1));
+    }
+    lua_pop(L, 1);
+}
+
+/* core.query(params) -> "a=1&b[c]=2" */
+int b24_query(lua_State *L)
+{
+    bufs *b;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    b = lua_newuserdata(L, sizeof *b);
+    memset(b, 0, sizeof *b);
+    if (luaL_newmetatable(L, BUF_MT)) {
+        lua_pushcfunction(L, bufs_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    add(L, &b->key, "", 0);
+    add(L, &b->out, "", 0);
+    lua_pushvalue(L, 1);
+    encode_value(L, b, 0);
+    lua_pushlstring(L, b->out.p, b->out.len);
+    free(b->out.p);
+    free(b->key.p);
+    b->out.p = b->key.p = NULL;
+    return 1;
+}
