@@ -12,14 +12,13 @@ local errors = require "bitrix24.errors"
 local methods = require "bitrix24.methods"
 local batch = require "bitrix24.batch"
 local paging = require "bitrix24.paging"
+local auth = require "bitrix24.auth"
 local cjson = require "cjson"
 
 local M = {
   _NAME = "bitrix24",
   _VERSION = "0.1.0",
 }
-
-local DEFAULT_TOKEN_URL = "https://oauth.bitrix.info/oauth/token/"
 
 -- A private encoder: the caller's cjson settings must not change our
 -- request bodies, nor ours theirs.
@@ -32,6 +31,7 @@ local OPTIONS = {
   timeout = "number", connect_timeout = "number", allow_http = "boolean",
   ca_file = "string", ca_path = "string", tls_verify = "boolean",
   user_agent = "string", proxy = "string", max_response = "number",
+  on_request = "function", on_response = "function",
 }
 
 local function check_opts(opts, level)
@@ -52,34 +52,17 @@ local function check_opts(opts, level)
   return opts
 end
 
-local function is_loopback(host)
-  return host == "localhost" or host == "[::1]" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
-end
-
--- Splits an http(s) URL into scheme, host (with port) and path, and
--- enforces the plain-HTTP rule: a secret sent in clear text is a secret
--- given away, so http:// is for loopback (tests, the fake portal) unless
--- the caller opts in.
-local function check_url(url, name, opts, level)
-  if type(url) ~= "string" then
-    errors.raise(level, "%s must be a string, got %s", name, type(url))
-  end
-  local scheme, authority, path = url:match("^(https?)://([^/?#]+)(/[^?#]*)$")
-  if not scheme then
-    errors.raise(level, "%s must be an http(s) URL ending with '/'", name)
-  end
-  local host = authority:match("^(%[.-%])") or authority:match("^[^:]*")
-  if scheme == "http" and not is_loopback(host) and not opts.allow_http then
-    errors.raise(level + 1,
-      "%s uses plain http:// to %s; use https:// (or opts.allow_http = true)", name, host)
-  end
-  if path:sub(-1) ~= "/" then path = path .. "/" end
-  return scheme .. "://" .. authority .. path, authority
+-- Plain Lua blocks in a real sleep; inside nginx, ngx.sleep lets the
+-- worker serve others meanwhile.
+local function sleeper()
+  local ngx = rawget(_G, "ngx")
+  if type(ngx) == "table" and type(ngx.sleep) == "function" then return ngx.sleep end
+  return core.sleep
 end
 
 local warned_tls = false
 
-local function new_client(auth, opts)
+local function new_client(credentials, opts)
   if opts.tls_verify == false and not warned_tls then
     warned_tls = true
     io.stderr:write("bitrix24: TLS certificate verification is OFF (tls_verify = false)\n")
@@ -90,47 +73,32 @@ local function new_client(auth, opts)
     proxy = opts.proxy, max_response = opts.max_response,
     user_agent = opts.user_agent or ("bitrix24-lua/" .. M._VERSION),
   }
-  return setmetatable({ _auth = auth, _opts = opts, _http = core.http(http_opts) }, Client)
+  return setmetatable({ _auth = credentials, _opts = opts, _http = core.http(http_opts), _sleep = sleeper() }, Client)
 end
 
 --- Incoming webhook: https://portal/rest/<user_id>/<code>/
 function M.webhook(url, opts)
   opts = check_opts(opts, 2)
-  local base = check_url(url, "webhook URL", opts, 2)
-  local code = base:match("/rest/%d+/([^/]+)/$")
-  if not code then
-    errors.raise(1, "webhook URL must look like https://<portal>/rest/<user_id>/<code>/")
-  end
-  local redacted = base:sub(1, #base - #code - 1) .. "***/"
-  return new_client({ kind = "webhook", base = base, shown = redacted, secrets = { code } }, opts)
+  return new_client(auth.webhook(url, opts, 2), opts)
 end
 
 --- OAuth application: tokens go in the request body, never in the URL.
+--- TLS options may be given in the config as well as in opts.
 function M.oauth(cfg, opts)
   if type(cfg) ~= "table" then
     errors.raise(1, "oauth config must be a table, got %s", type(cfg))
   end
   opts = check_opts(opts, 2)
-  for _, k in ipairs { "access_token", "refresh_token", "client_id", "client_secret" } do
-    if cfg[k] ~= nil and (type(cfg[k]) ~= "string" or cfg[k] == "") then
-      errors.raise(1, "oauth config: %s must be a non-empty string", k)
-    end
+  local merged = {}
+  for k, v in pairs(opts) do merged[k] = v end
+  for _, k in ipairs { "ca_file", "ca_path", "tls_verify" } do
+    if cfg[k] ~= nil and merged[k] == nil then merged[k] = cfg[k] end
   end
-  if cfg.access_token == nil then errors.raise(1, "oauth config: access_token is required") end
-  if cfg.on_refresh ~= nil and type(cfg.on_refresh) ~= "function" then
-    errors.raise(1, "oauth config: on_refresh must be a function")
-  end
-  local endpoint = check_url(cfg.endpoint, "oauth config: endpoint", opts, 2)
-  local token_url = check_url(cfg.token_url or DEFAULT_TOKEN_URL, "oauth config: token_url", opts, 2)
-  local auth = {
-    kind = "oauth", base = endpoint, shown = endpoint, token_url = token_url,
-    access_token = cfg.access_token, refresh_token = cfg.refresh_token,
-    client_id = cfg.client_id, client_secret = cfg.client_secret,
-    on_refresh = cfg.on_refresh,
-  }
-  auth.secrets = { cfg.access_token, cfg.refresh_token, cfg.client_secret }
-  return new_client(auth, opts)
+  merged = check_opts(merged, 2)
+  return new_client(auth.oauth(cfg, merged, 2), merged)
 end
+
+M.file_store = auth.file_store
 
 --- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
 --- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET
@@ -156,62 +124,13 @@ function M.from_env(opts)
   }
 end
 
-local function fail(auth, method, code, description, status)
+local function fail(a, method, code, description, status)
   return errors.new {
     code = code,
-    description = errors.redact(description, auth.secrets),
+    description = errors.redact(description, a.secrets),
     status = status,
     method = method,
   }
-end
-
-local function urlencode(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c)
-    return string.format("%%%02X", c:byte())
-  end))
-end
-
--- grant_type=refresh_token at the token URL; on success the new tokens
--- replace the old ones in place and go to on_refresh before anything else
--- is sent, so a caller that stores them never loses the rotated one.
-local function refresh(client, method)
-  local auth = client._auth
-  if not (auth.refresh_token and auth.client_id and auth.client_secret) then
-    return nil, fail(auth, method, "REFRESH_FAILED",
-      "the access token expired and no refresh_token/client_id/client_secret were given; re-authorize the application")
-  end
-  local url = auth.token_url .. "?grant_type=refresh_token&client_id=" .. urlencode(auth.client_id)
-    .. "&client_secret=" .. urlencode(auth.client_secret)
-    .. "&refresh_token=" .. urlencode(auth.refresh_token)
-  local status, body, description = client._http:request(url)
-  if not status then
-    return nil, fail(auth, method, body, "token refresh: " .. tostring(description))
-  end
-  local t = core.json_decode(body)
-  if type(t) ~= "table" or t.error or type(t.access_token) ~= "string" then
-    local code = type(t) == "table" and type(t.error) == "string" and t.error or "REFRESH_FAILED"
-    local why = type(t) == "table" and t.error_description or ("HTTP " .. status)
-    return nil, fail(auth, method, code,
-      "refreshing the OAuth token failed (" .. tostring(why) .. "); re-authorize the application", status)
-  end
-  auth.access_token = t.access_token
-  auth.refresh_token = t.refresh_token or auth.refresh_token
-  local s = auth.secrets
-  s[#s + 1] = t.access_token
-  s[#s + 1] = t.refresh_token
-  if type(t.client_endpoint) == "string" then
-    local ok, base = pcall(check_url, t.client_endpoint, "client_endpoint", client._opts, 1)
-    if ok then auth.base, auth.shown = base, base end
-  end
-  if auth.on_refresh then
-    auth.on_refresh {
-      access_token = t.access_token, refresh_token = t.refresh_token,
-      expires = t.expires, expires_in = t.expires_in,
-      client_endpoint = t.client_endpoint, server_endpoint = t.server_endpoint,
-      member_id = t.member_id, domain = t.domain, scope = t.scope,
-    }
-  end
-  return true
 end
 
 -- The JSON body of a call. OAuth's token is added at send time (after a
@@ -235,25 +154,61 @@ local function with_auth(body, token)
   return body:sub(1, -2) .. "," .. auth .. "}"
 end
 
+local MAX_REDIRECTS = 3
+
+-- Where a redirect may be followed: the same scheme, host and port. A
+-- portal that moved to another host must not receive our secrets from a
+-- redirect; the caller updates the URL instead.
+local function same_origin(a, location)
+  if type(location) ~= "string" then return nil end
+  local origin = location:match("^(https?://[^/?#]+)")
+  return origin and origin:lower() == a.origin:lower()
+end
+
+local TLS_HINT = "; if the portal's certificate comes from its own CA, pass opts.ca_file"
+  .. " (or opts.ca_path) with that CA"
+
 -- POSTs a JSON body to a method: the one path every request takes.
--- Refreshes an expired OAuth token once and repeats. Returns the
--- envelope, or nil and an error object.
+-- Follows same-host redirects with the same POST, refreshes an expired
+-- OAuth token once and repeats. Returns the envelope, or nil and an
+-- error object.
 local function perform(self, method, body)
-  local auth, http = self._auth, self._http
-  local env, code, description, status, extra = http:call(auth.base .. method, with_auth(body, auth.access_token))
-  if env then return env end
-  if code == "expired_token" and auth.kind == "oauth" then
-    local ok, err = refresh(self, method)
-    if not ok then return nil, err end
-    env, code, description, status, extra = http:call(auth.base .. method, with_auth(body, auth.access_token))
+  local a, http, opts = self._auth, self._http, self._opts
+  local url, redirects, refreshed = a.base .. method, 0, false
+  while true do
+    local token = a.access_token
+    if opts.on_request then
+      opts.on_request { method = method, url = a.shown .. method }
+    end
+    local started = opts.on_response and core.monotonic()
+    local env, code, description, status, extra = http:call(url, with_auth(body, token))
+    if env then status, code = code, nil end
+    if opts.on_response then
+      opts.on_response {
+        method = method, duration = core.monotonic() - started, status = status,
+        code = code, operating = env and type(env.time) == "table" and env.time.operating or nil,
+      }
+    end
     if env then return env end
+    if code == "expired_token" and a.kind == "oauth" and not refreshed then
+      refreshed = true
+      local ok, c, d, st = a:refresh(http, token, opts.allow_http, self._sleep)
+      if not ok then return nil, fail(a, method, c, d, st) end
+      url = a.base .. method
+    elseif code == "PORTAL_MOVED" and same_origin(a, extra) and redirects < MAX_REDIRECTS then
+      redirects = redirects + 1
+      url = extra
+    else
+      if code == "PORTAL_MOVED" then
+        description = description .. " to " .. tostring(extra) .. "; update the client's URL"
+      elseif code == "TLS_ERROR" then
+        description = description .. TLS_HINT
+      end
+      local err = fail(a, method, code, description, status)
+      if type(extra) == "table" then err.response = extra end
+      return nil, err
+    end
   end
-  if code == "PORTAL_MOVED" then
-    description = description .. " to " .. tostring(extra) .. "; update the client's URL"
-  end
-  local err = fail(auth, method, code, description, status)
-  if type(extra) == "table" then err.response = extra end
-  return nil, err
 end
 
 local function check_params(method, params, level)

@@ -7,6 +7,7 @@
 #include "envelope.h"
 #include "http.h"
 #include "query.h"
+#include "system.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_OK;
@@ -54,6 +55,7 @@ int luaopen_bitrix24_core(lua_State *L)
     b24_setfuncs(L, decoders, 1);
     lua_pop(L, 1);
     b24_http_register(L);
+    b24_system_register(L);
     lua_pushstring(L, curl_version());
     lua_setfield(L, -2, "curl_version");
     return 1;

@@ -1033,8 +1033,10 @@ function Portal:authenticate(route, params, req, entry)
 end
 
 function Portal:new_entry(method, auth, req, params, now)
+  local headers = req.headers or {}
   return obj("n", #self.log + 1, "method", method, "http_method", req.method or "GET", "auth", auth,
-    "params", params, "conn", req.conn, "time", float(now))
+    "params", params, "conn", req.conn, "time", float(now), "query", req.query or "",
+    "user_agent", headers["user-agent"], "host", headers["host"])
 end
 
 function Portal:finish(entry, res)

@@ -1,0 +1,194 @@
+/* What plain Lua lacks for sharing state between processes on one
+ * machine (token stores, rate-limit budgets): a real sleep, sub-second
+ * clocks, an advisory file lock, and an atomic file replace. */
+#define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "system.h"
+
+#define LOCK_MT "bitrix24.lock"
+
+typedef struct {
+    int fd;
+} b24_lock;
+
+static double clock_seconds(clockid_t id)
+{
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* core.now() -> seconds since the epoch, with a fraction. */
+static int sys_now(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)clock_seconds(CLOCK_REALTIME));
+    return 1;
+}
+
+/* core.monotonic() -> seconds on a clock that never jumps back. */
+static int sys_monotonic(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)clock_seconds(CLOCK_MONOTONIC));
+    return 1;
+}
+
+static void sleep_seconds(double s)
+{
+    struct timespec ts;
+    if (!(s > 0))
+        return;
+    ts.tv_sec = (time_t)s;
+    ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+        ;
+}
+
+/* core.sleep(seconds): blocks the process; no busy wait. */
+static int sys_sleep(lua_State *L)
+{
+    double s = (double)luaL_checknumber(L, 1);
+    luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be in [0, 86400]");
+    sleep_seconds(s);
+    return 0;
+}
+
+static void lock_release(b24_lock *k)
+{
+    if (k->fd >= 0) {
+        flock(k->fd, LOCK_UN);
+        close(k->fd);
+        k->fd = -1;
+    }
+}
+
+static int lock_gc(lua_State *L)
+{
+    lock_release(luaL_checkudata(L, 1, LOCK_MT));
+    return 0;
+}
+
+/* core.lock(path [, timeout]) -> lock | nil, message
+ * An exclusive flock on path (created 0600 if missing), waited for up
+ * to timeout seconds (default 30). Released by lock:unlock(), by
+ * garbage collection, by <close>, or when the process dies. */
+static int sys_lock(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    double timeout = (double)luaL_optnumber(L, 2, 30);
+    double waited = 0, step = 0.005;
+    b24_lock *k = lua_newuserdata(L, sizeof *k);
+
+    k->fd = -1;
+    luaL_getmetatable(L, LOCK_MT);
+    lua_setmetatable(L, -2);
+    k->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (k->fd < 0) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot open lock file %s: %s", path, strerror(errno));
+        return 2;
+    }
+    while (flock(k->fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            int e = errno;
+            lock_release(k);
+            lua_pushnil(L);
+            lua_pushfstring(L, "cannot lock %s: %s", path, strerror(e));
+            return 2;
+        }
+        if (waited >= timeout) {
+            lock_release(k);
+            lua_pushnil(L);
+            lua_pushfstring(L, "timed out after %f s waiting for the lock on %s",
+                            timeout, path);
+            return 2;
+        }
+        sleep_seconds(step);
+        waited += step;
+        if (step < 0.05)
+            step *= 2;
+    }
+    return 1;
+}
+
+/* core.write_file(path, data): the new content appears whole or not at
+ * all (a temporary file beside it, flushed, then renamed over it), and
+ * is readable by the owner only, since it may hold tokens. */
+static int sys_write_file(lua_State *L)
+{
+    size_t len, done = 0;
+    const char *path = luaL_checkstring(L, 1);
+    const char *data = luaL_checklstring(L, 2, &len);
+    const char *tmp = lua_pushfstring(L, "%s.tmp.%d", path, (int)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int e = 0;
+
+    if (fd < 0) {
+        e = errno;
+        goto fail;
+    }
+    while (done < len) {
+        ssize_t n = write(fd, data + done, len - done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            e = errno;
+            break;
+        }
+        done += (size_t)n;
+    }
+    if (!e && fsync(fd) != 0)
+        e = errno;
+    if (close(fd) != 0 && !e)
+        e = errno;
+    if (!e && rename(tmp, path) != 0)
+        e = errno;
+    if (!e) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    unlink(tmp);
+fail:
+    lua_pushnil(L);
+    lua_pushfstring(L, "cannot write %s: %s", path, strerror(e));
+    return 2;
+}
+
+static const luaL_Reg lock_methods[] = {
+    {"unlock", lock_gc},
+    {NULL, NULL}
+};
+
+static const luaL_Reg functions[] = {
+    {"now", sys_now},
+    {"monotonic", sys_monotonic},
+    {"sleep", sys_sleep},
+    {"lock", sys_lock},
+    {"write_file", sys_write_file},
+    {NULL, NULL}
+};
+
+/* Registers the functions into the module table on the top of the stack. */
+void b24_system_register(lua_State *L)
+{
+    luaL_newmetatable(L, LOCK_MT);
+    lua_pushcfunction(L, lock_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, lock_gc);
+    lua_setfield(L, -2, "__close");
+    lua_newtable(L);
+    b24_setfuncs(L, lock_methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    b24_setfuncs(L, functions, 0);
+}
