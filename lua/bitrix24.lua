@@ -13,6 +13,7 @@ local methods = require "bitrix24.methods"
 local batch = require "bitrix24.batch"
 local paging = require "bitrix24.paging"
 local auth = require "bitrix24.auth"
+local limiter = require "bitrix24.limiter"
 local cjson = require "cjson"
 
 local M = {
@@ -32,6 +33,9 @@ local OPTIONS = {
   ca_file = "string", ca_path = "string", tls_verify = "boolean",
   user_agent = "string", proxy = "string", max_response = "number",
   on_request = "function", on_response = "function",
+  rate = "number", burst = "number", plan = "string", budget = "table", rate_limit = "boolean",
+  max_wait = "number", deadline = "number", tries = "number", retry_writes = "boolean",
+  operating_limit = "number",
 }
 
 local function check_opts(opts, level)
@@ -49,15 +53,26 @@ local function check_opts(opts, level)
       errors.raise(level, "opts.%s must be positive", k)
     end
   end
+  if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
+    errors.raise(level, 'opts.plan must be "standard" or "enterprise", got %q', opts.plan)
+  end
+  if opts.budget ~= nil and type(opts.budget.update) ~= "function" then
+    errors.raise(level, "opts.budget must have an update function (see bitrix24.file_budget)")
+  end
+  if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
+    errors.raise(level, "opts.tries must be a whole number")
+  end
   return opts
 end
 
 -- Plain Lua blocks in a real sleep; inside nginx, ngx.sleep lets the
 -- worker serve others meanwhile.
-local function sleeper()
+local function environment()
   local ngx = rawget(_G, "ngx")
-  if type(ngx) == "table" and type(ngx.sleep) == "function" then return ngx.sleep end
-  return core.sleep
+  if type(ngx) == "table" and type(ngx.sleep) == "function" then
+    return { sleep = ngx.sleep, now = function() ngx.update_time(); return ngx.now() end }
+  end
+  return { sleep = core.sleep, now = core.now }
 end
 
 local warned_tls = false
@@ -73,7 +88,11 @@ local function new_client(credentials, opts)
     proxy = opts.proxy, max_response = opts.max_response,
     user_agent = opts.user_agent or ("bitrix24-lua/" .. M._VERSION),
   }
-  return setmetatable({ _auth = credentials, _opts = opts, _http = core.http(http_opts), _sleep = sleeper() }, Client)
+  local env = environment()
+  return setmetatable({
+    _auth = credentials, _opts = opts, _http = core.http(http_opts), _env = env,
+    _limiter = limiter.new(credentials.origin, opts, env),
+  }, Client)
 end
 
 --- Incoming webhook: https://portal/rest/<user_id>/<code>/
@@ -99,6 +118,7 @@ function M.oauth(cfg, opts)
 end
 
 M.file_store = auth.file_store
+M.file_budget = limiter.file_budget
 
 --- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
 --- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET
@@ -168,45 +188,72 @@ end
 local TLS_HINT = "; if the portal's certificate comes from its own CA, pass opts.ca_file"
   .. " (or opts.ca_path) with that CA"
 
+local function final_error(a, method, code, description, status, extra, tries)
+  if code == "PORTAL_MOVED" then
+    description = description .. " to " .. tostring(extra) .. "; update the client's URL"
+  elseif code == "TLS_ERROR" then
+    description = description .. TLS_HINT
+  end
+  if tries > 1 then description = description .. " (after " .. tries .. " tries)" end
+  local err = fail(a, method, code, description, status)
+  err.tries = tries
+  if type(extra) == "table" then err.response = extra end
+  return err
+end
+
 -- POSTs a JSON body to a method: the one path every request takes.
--- Follows same-host redirects with the same POST, refreshes an expired
--- OAuth token once and repeats. Returns the envelope, or nil and an
+-- Waits for the rate limit, follows same-host redirects with the same
+-- POST, refreshes an expired OAuth token once, and retries what is safe
+-- to retry (safe: the request changes nothing, or the caller allows
+-- repeats) within the deadline. Returns the envelope, or nil and an
 -- error object.
-local function perform(self, method, body)
-  local a, http, opts = self._auth, self._http, self._opts
-  local url, redirects, refreshed = a.base .. method, 0, false
+local function perform(self, method, body, safe)
+  local a, http, opts, lim, env = self._auth, self._http, self._opts, self._limiter, self._env
+  local url, redirects, refreshed, tries = a.base .. method, 0, false, 0
+  local deadline = env.now() + lim.deadline
   while true do
+    local ok, c, d = lim:acquire(method, deadline)
+    if not ok then return nil, final_error(a, method, c, d, nil, nil, math.max(tries, 1)) end
+    tries = tries + 1
     local token = a.access_token
     if opts.on_request then
       opts.on_request { method = method, url = a.shown .. method }
     end
     local started = opts.on_response and core.monotonic()
-    local env, code, description, status, extra = http:call(url, with_auth(body, token))
-    if env then status, code = code, nil end
+    local result, code, description, status, extra = http:call(url, with_auth(body, token))
+    if result then status, code = code, nil end
     if opts.on_response then
       opts.on_response {
         method = method, duration = core.monotonic() - started, status = status,
-        code = code, operating = env and type(env.time) == "table" and env.time.operating or nil,
+        code = code, operating = result and type(result.time) == "table" and result.time.operating or nil,
       }
     end
-    if env then return env end
+    if result then
+      lim:observe(method, result)
+      return result
+    end
+    local retry
     if code == "expired_token" and a.kind == "oauth" and not refreshed then
       refreshed = true
-      local ok, c, d, st = a:refresh(http, token, opts.allow_http, self._sleep)
-      if not ok then return nil, fail(a, method, c, d, st) end
+      local done, rc, rd, rs = a:refresh(http, token, opts.allow_http, env.sleep)
+      if not done then return nil, final_error(a, method, rc, rd, rs, nil, tries) end
       url = a.base .. method
     elseif code == "PORTAL_MOVED" and same_origin(a, extra) and redirects < MAX_REDIRECTS then
       redirects = redirects + 1
       url = extra
     else
-      if code == "PORTAL_MOVED" then
-        description = description .. " to " .. tostring(extra) .. "; update the client's URL"
-      elseif code == "TLS_ERROR" then
-        description = description .. TLS_HINT
+      retry = tries < lim.tries and lim:should_retry(code, status, safe)
+      local now = env.now()
+      local wait = retry == "operating" and lim:blocked_for(method, now, tries) or retry and lim:backoff(tries)
+      if retry == "operating" and (wait > lim.max_wait or now + wait > deadline) then
+        description = string.format("%s; %s unblocks at %s (in %.0f s)", description, method,
+          os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(now + wait)), wait)
+        retry = false
       end
-      local err = fail(a, method, code, description, status)
-      if type(extra) == "table" then err.response = extra end
-      return nil, err
+      if not retry or now + wait > deadline then
+        return nil, final_error(a, method, code, description, status, extra, tries)
+      end
+      env.sleep(wait)
     end
   end
 end
@@ -232,7 +279,7 @@ local function call(self, method, params, level)
   params = check_params(method, params, level + 1)
   params = methods.validate(method, params, level + 1)
   local body = json_body(self, method, params, level + 1)
-  local env, err = perform(self, method, body)
+  local env, err = perform(self, method, body, self._opts.retry_writes or limiter.is_read(method))
   if not env then return nil, err end
   return env.result, nil, env
 end
@@ -249,7 +296,7 @@ end
 function Client:batch(commands, opts)
   check_client(self, "batch", 2)
   local plan = batch.plan(commands, opts, 2)
-  return batch.run(plan, function(body) return perform(self, "batch", body) end,
+  return batch.run(plan, function(body) return perform(self, "batch", body, plan.reads_only) end,
     function(code, description, method) return fail(self._auth, method, code, description) end)
 end
 
@@ -258,7 +305,7 @@ function Client:lead_contacts(ids, opts)
   check_client(self, "lead_contacts", 2)
   local plan, keys = batch.plan_lead_contacts(ids, opts, 2)
   if not plan then return {}, {} end
-  local results, err = batch.run(plan, function(body) return perform(self, "batch", body) end,
+  local results, err = batch.run(plan, function(body) return perform(self, "batch", body, true) end,
     function(code, description, method) return fail(self._auth, method, code, description) end)
   return batch.by_lead(keys, results, err)
 end
@@ -272,7 +319,7 @@ function Client:each(method, params, opts)
   json_body(self, method, params, 2)
   local pager = paging.new(method, params, opts, 2)
   return pager:iterator(function(page_params)
-    return perform(self, method, json_body(self, method, page_params, 1))
+    return perform(self, method, json_body(self, method, page_params, 1), true)
   end)
 end
 

@@ -53,7 +53,7 @@ describe("OAuth", function()
       assert.is_string(t.member_id)
       assert.is_string(t.client_endpoint)
     end }
-    local client = bitrix24.oauth(cfg)
+    local client = bitrix24.oauth(cfg, support.opts())
     portal:expire_tokens()
     assert(client:call(ITEMS_GET, { id = 1 }))
     client:close()
@@ -62,7 +62,7 @@ describe("OAuth", function()
   end)
 
   it("refreshes only on expired_token, not on other 401s", function()
-    local client = bitrix24.oauth((config { access_token = "unknown-token-123" }))
+    local client = bitrix24.oauth((config { access_token = "unknown-token-123" }), support.opts())
     local _, err = client:call(ITEMS_GET, { id = 1 })
     client:close()
     assert.equal("invalid_token", err.code)
@@ -70,7 +70,7 @@ describe("OAuth", function()
   end)
 
   it("refreshes once per call: a second expiry is an error, not a loop", function()
-    local client = bitrix24.oauth((config()))
+    local client = bitrix24.oauth((config()), support.opts())
     portal:fault { method = ITEMS_GET, kind = "canned", status = 401,
       body = '{"error":"expired_token","error_description":"The access token provided has expired."}' }
     local _, err = client:call(ITEMS_GET, { id = 1 })
@@ -82,7 +82,7 @@ describe("OAuth", function()
   it("honours the client_endpoint the token endpoint returns", function()
     -- Start on the 127.0.0.2 listener; the refresh answers with 127.0.0.1.
     local cfg = config { endpoint = portal.moved_url .. "/rest/" }
-    local client = bitrix24.oauth(cfg)
+    local client = bitrix24.oauth(cfg, support.opts())
     portal:expire_tokens()
     assert(client:call(ITEMS_GET, { id = 1 }))
     assert.matches("127.0.0.1", tostring(client), 1, true)
@@ -93,7 +93,7 @@ describe("OAuth", function()
     local path = dir .. "/tokens.json"
     os.remove(path)
     -- Seed the store from the config, as a first run would.
-    local seed = bitrix24.oauth((config { store = bitrix24.file_store(path) }))
+    local seed = bitrix24.oauth((config { store = bitrix24.file_store(path) }), support.opts())
     seed:close()
     local perm = support.run("stat -c %a " .. path)
     assert.equal("600", perm:gsub("%s+$", ""))
@@ -131,7 +131,7 @@ describe("OAuth", function()
   end)
 
   it("says re-authorization is needed when the token endpoint refuses", function()
-    local client = bitrix24.oauth((config { client_secret = "wrong-secret-456" }))
+    local client = bitrix24.oauth((config { client_secret = "wrong-secret-456" }), support.opts())
     portal:expire_tokens()
     local _, err = client:call(ITEMS_GET, { id = 1 })
     client:close()
@@ -141,7 +141,7 @@ describe("OAuth", function()
   end)
 
   it("rejects a bad store", function()
-    assert.has_error(function() bitrix24.oauth((config { store = {} })) end)
+    assert.has_error(function() bitrix24.oauth((config { store = {} }), support.opts()) end)
     assert.has_error(function() bitrix24.file_store("") end)
   end)
 end)
@@ -158,7 +158,7 @@ describe("TLS", function()
   end)
 
   it("verifies the certificate by default, and says what to do when it fails", function()
-    local client = bitrix24.webhook(portal.https_webhook_url)
+    local client = bitrix24.webhook(portal.https_webhook_url, support.opts())
     local rows, err = client:call(ITEMS_GET, { id = 1 })
     client:close()
     assert.is_nil(rows)
@@ -168,7 +168,7 @@ describe("TLS", function()
   end)
 
   it("works with the portal's CA file, in opts and in the OAuth config", function()
-    local client = bitrix24.webhook(portal.https_webhook_url, { ca_file = portal.ca_file })
+    local client = bitrix24.webhook(portal.https_webhook_url, support.opts { ca_file = portal.ca_file })
     assert.equal(2, #assert(client:call(ITEMS_GET, { id = 1 })))
     client:close()
     local info = portal:info()
@@ -209,7 +209,7 @@ describe("connections", function()
   it("follows a redirect to the same host with the same POST and body", function()
     portal:fault { method = ITEMS_GET, kind = "redirect", times = 1,
       location = portal.url .. "/rest/1/" .. portal.code .. "/" }
-    local client = bitrix24.webhook(portal.webhook_url)
+    local client = bitrix24.webhook(portal.webhook_url, support.opts())
     local rows, err = client:call(ITEMS_GET, { id = 1 })
     client:close()
     assert.is_nil(err)
@@ -223,7 +223,7 @@ describe("connections", function()
 
   it("does not follow a redirect to another host, and names it without the secret", function()
     portal:fault { method = ITEMS_GET, kind = "redirect" }
-    local client = bitrix24.webhook(portal.webhook_url)
+    local client = bitrix24.webhook(portal.webhook_url, support.opts())
     local rows, err = client:call(ITEMS_GET, { id = 1 })
     client:close()
     assert.is_nil(rows)
@@ -235,7 +235,7 @@ describe("connections", function()
   end)
 
   it("uses one connection for many sequential calls", function()
-    local client = bitrix24.webhook(portal.webhook_url)
+    local client = bitrix24.webhook(portal.webhook_url, support.opts())
     for _ = 1, 20 do assert(client:call(ITEMS_GET, { id = 1 })) end
     client:close()
     local conns = {}
@@ -247,7 +247,7 @@ describe("connections", function()
   end)
 
   it("sends a User-Agent naming the library and its version", function()
-    local client = bitrix24.webhook(portal.webhook_url)
+    local client = bitrix24.webhook(portal.webhook_url, support.opts())
     assert(client:call(ITEMS_GET, { id = 1 }))
     client:close()
     assert.equal("bitrix24-lua/" .. bitrix24._VERSION, portal:requests()[1].user_agent)
@@ -257,7 +257,7 @@ describe("connections", function()
     -- The portal's nginx answers absolute-form requests itself, so it can
     -- stand in for a proxy: the target address is closed, only the proxy works.
     local url = portal.webhook_url:gsub("^http://[^/]+", "http://127.0.0.3:9")
-    local client = bitrix24.webhook(url, { proxy = portal.url })
+    local client = bitrix24.webhook(url, support.opts { proxy = portal.url })
     local rows, err = client:call(ITEMS_GET, { id = 1 })
     client:close()
     assert.is_nil(err)
@@ -276,7 +276,7 @@ describe("connections", function()
 
   it("reports calls to on_request and on_response", function()
     local requests, responses = {}, {}
-    local client = bitrix24.webhook(portal.webhook_url, {
+    local client = bitrix24.webhook(portal.webhook_url, support.opts {
       on_request = function(info) requests[#requests + 1] = info end,
       on_response = function(info) responses[#responses + 1] = info end,
     })
@@ -321,10 +321,11 @@ describe("secrets", function()
       end
     end
     local hooks = { on_request = keep, on_response = keep }
-    local hook = bitrix24.webhook(portal.webhook_url, hooks)
+    local hook = bitrix24.webhook(portal.webhook_url, support.opts(hooks))
     local oauth = bitrix24.oauth({ endpoint = portal.oauth_endpoint, token_url = portal.token_url,
       access_token = info.access_token, refresh_token = info.refresh_token,
-      client_id = info.client_id, client_secret = info.client_secret, on_refresh = function() end }, hooks)
+      client_id = info.client_id, client_secret = info.client_secret, on_refresh = function() end },
+      support.opts(hooks))
     keep(tostring(hook))
     keep(tostring(oauth))
     for _, kind in ipairs { "html502", "truncate", "malformed", "reset", "error500", "error200", "redirect" } do
@@ -335,13 +336,13 @@ describe("secrets", function()
     end
     portal:reset()
     keep(select(2, hook:call(ITEMS_GET, { id = 13 })))
-    local wrong = bitrix24.webhook((portal.webhook_url:gsub(portal.code, "wrongcode7777")))
+    local wrong = bitrix24.webhook((portal.webhook_url:gsub(portal.code, "wrongcode7777")), support.opts())
     keep(select(2, wrong:call(ITEMS_GET, { id = 1 })))
-    keep(select(2, bitrix24.webhook(portal.https_webhook_url):call(ITEMS_GET, { id = 1 })))
+    keep(select(2, bitrix24.webhook(portal.https_webhook_url, support.opts()):call(ITEMS_GET, support.opts { id = 1 })))
     portal:expire_tokens()
     portal:fault { method = "oauth.token", kind = "error500" }
     keep(select(2, oauth:call(ITEMS_GET, { id = 1 })))
-    local t = bitrix24.webhook(portal.webhook_url, { timeout = 0.2 })
+    local t = bitrix24.webhook(portal.webhook_url, support.opts { timeout = 0.2 })
     portal:fault { method = ITEMS_GET, kind = "latency", delay = 1 }
     keep(select(2, t:call(ITEMS_GET, { id = 1 })))
     -- Programmer errors too.

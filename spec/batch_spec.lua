@@ -48,7 +48,7 @@ describe("client:batch", function()
 
   setup(function()
     portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url)
+    client = bitrix24.webhook(portal.webhook_url, support.opts())
   end)
 
   teardown(function()
@@ -250,7 +250,7 @@ describe("client:lead_contacts", function()
 
   setup(function()
     portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url)
+    client = bitrix24.webhook(portal.webhook_url, support.opts())
   end)
 
   teardown(function()

@@ -12,7 +12,7 @@ describe("client:call", function()
 
   setup(function()
     portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url)
+    client = bitrix24.webhook(portal.webhook_url, support.opts())
   end)
 
   teardown(function()
@@ -179,7 +179,7 @@ describe("client:call", function()
     local s = assert(socket.bind("127.0.0.1", 0))
     local _, port = s:getsockname()
     s:close()
-    local c = bitrix24.webhook("http://127.0.0.1:" .. port .. "/rest/1/secretcode1234/")
+    local c = bitrix24.webhook("http://127.0.0.1:" .. port .. "/rest/1/secretcode1234/", support.opts())
     local rows, err = c:call(ITEMS_GET, { id = 1 })
     c:close()
     assert.is_nil(rows)
@@ -191,7 +191,7 @@ describe("client:call", function()
 
   it("gives up after opts.timeout with TIMEOUT", function()
     portal:fault { method = ITEMS_GET, kind = "latency", delay = 3 }
-    local c = bitrix24.webhook(portal.webhook_url, { timeout = 0.3 })
+    local c = bitrix24.webhook(portal.webhook_url, support.opts { timeout = 0.3 })
     local t0 = socket.gettime()
     local rows, err = c:call(ITEMS_GET, { id = 1 })
     local elapsed = socket.gettime() - t0
@@ -221,7 +221,7 @@ describe("client:call", function()
   end)
 
   it("can be closed, after which calls raise", function()
-    local c = bitrix24.webhook(portal.webhook_url)
+    local c = bitrix24.webhook(portal.webhook_url, support.opts())
     c:close()
     c:close()
     assert.has_error(function() c:call(ITEMS_GET, { id = 1 }) end)
@@ -257,7 +257,7 @@ describe("bitrix24.oauth", function()
       client_id = info.client_id, client_secret = info.client_secret,
     }
     for k, v in pairs(extra or {}) do cfg[k] = v end
-    return bitrix24.oauth(cfg), info
+    return bitrix24.oauth(cfg, support.opts()), info
   end
 
   it("sends the token in the body, never in the URL", function()

@@ -10,7 +10,7 @@ describe("crm.lead.contact.*", function()
 
   setup(function()
     portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url)
+    client = bitrix24.webhook(portal.webhook_url, support.opts())
   end)
 
   teardown(function()

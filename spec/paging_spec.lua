@@ -27,7 +27,7 @@ describe("client:each", function()
   setup(function()
     data_path, leads = write_data()
     portal = support.start_portal { tls = false, rate = 1000, burst = 100000, data = data_path }
-    client = bitrix24.webhook(portal.webhook_url)
+    client = bitrix24.webhook(portal.webhook_url, support.opts())
   end)
 
   teardown(function()

@@ -9,6 +9,15 @@ M.LUA = os.getenv("LUA") or "lua5.4"
 M.LUA_VERSION = os.getenv("LUA_VERSION") or (_VERSION:match("%d+%.%d+"))
 M.HAS_INTEGERS = math.type ~= nil
 
+-- Client options for specs that test something other than pacing and
+-- retries: the spec portals allow 1000 requests a second, and one try
+-- shows each failure as it comes.
+function M.opts(extra)
+  local o = { rate = 1000, burst = 100000, tries = 1 }
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
 function M.start_portal(opts)
   local fake = require "bitrix24.fake.server"
   opts = opts or {}

@@ -10,6 +10,7 @@ local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
 local methods = require "bitrix24.methods"
+local limiter = require "bitrix24.limiter"
 
 local json = cjson.new()
 
@@ -113,7 +114,10 @@ function M.plan(commands, opts, level)
     end
   end
   local ordered = order(cmd, deps, level + 1)
+  local reads_only = true
+  for _, method in pairs(names) do reads_only = reads_only and limiter.is_read(method) end
   return {
+    reads_only = reads_only,
     cmd = cmd, methods = names, chunks = chunks_of(ordered, deps, level + 1),
     total = #ordered, halt = opts.halt and true or false, progress = opts.progress,
   }

@@ -296,7 +296,7 @@ local function can_update(rec) return rec.access ~= "none" and rec.access ~= "re
 
 --- Construction, tokens, configuration -------------------------------------------
 
-local CONFIG_KEYS = { "rate", "burst", "op_limit", "token_ttl", "op_cost" }
+local CONFIG_KEYS = { "rate", "burst", "op_limit", "token_ttl", "op_cost", "op_bucket" }
 
 function Portal.new(opts)
   opts = opts or {}
@@ -316,6 +316,9 @@ function Portal.new(opts)
     op_limit = norm(opts.op_limit == nil and 480 or opts.op_limit),
     token_ttl = norm(opts.token_ttl) or 3600,
     op_cost = opts.op_cost,
+    -- Seconds per operating-time bucket: 60 as in Bitrix24; tests shrink
+    -- it to see a method unblock without waiting ten minutes.
+    op_bucket = opts.op_bucket or 60,
   }
   self.access_tokens, self.refresh_tokens = {}, {}
   self:issue_tokens()
@@ -505,7 +508,7 @@ end
 function Portal:operating(method, now)
   local buckets = self.op_buckets[method]
   if not buckets then return 0 end
-  local current, sum = math.floor(now / 60), 0
+  local current, sum = math.floor(now / self.cfg.op_bucket), 0
   for minute, used in pairs(buckets) do
     if minute > current - OP_WINDOW then
       sum = sum + used
@@ -519,7 +522,7 @@ end
 function Portal:charge(method, now, seconds)
   local buckets = self.op_buckets[method] or {}
   self.op_buckets[method] = buckets
-  local minute = math.floor(now / 60)
+  local minute = math.floor(now / self.cfg.op_bucket)
   buckets[minute] = (buckets[minute] or 0) + seconds
 end
 
@@ -530,9 +533,10 @@ function Portal:cost(method)
   return DEFAULT_COST
 end
 
--- The `time` block (FACTS §3). operating_reset_at = floor(start) + 600, as in
--- every real response that has it; it is given only when the method has a bucket.
-local function time_block(start, finish, processing, operating)
+-- The `time` block (FACTS §3). operating_reset_at = floor(start) + 600 (the
+-- window: 10 buckets of 60 s), as in every real response that has it; it is
+-- given only when the method has a bucket.
+local function time_block(start, finish, processing, operating, window)
   local t = obj(
     "start", float(start),
     "finish", float(finish),
@@ -541,7 +545,7 @@ local function time_block(start, finish, processing, operating)
     "date_start", iso_date(start),
     "date_finish", iso_date(finish))
   if operating then
-    set(t, "operating_reset_at", json.integral(math.floor(start) + 600))
+    set(t, "operating_reset_at", json.integral(math.floor(start + window)))
     set(t, "operating", float(operating))
   else
     set(t, "operating", 0)
@@ -878,7 +882,7 @@ function Portal:call(method, params, start)
   self:charge(method, start, cost) -- failed calls cost time too
   out.finish = math.max(self.clock(), start + cost)
   if not out.failed then
-    out.time = time_block(start, out.finish, cost, self:operating(method, start))
+    out.time = time_block(start, out.finish, cost, self:operating(method, start), OP_WINDOW * self.cfg.op_bucket)
   end
   return out
 end
@@ -990,7 +994,8 @@ function Portal:run_batch(params, start, entry)
     "result_total", maps.result_total, "result_next", maps.result_next, "result_time", maps.result_time)
   -- Outer time block: like the real samples, `operating` mirrors the last
   -- successful sub-call (0 and no reset time when none succeeded).
-  return obj("result", result, "time", time_block(start, finish, processing, last_op))
+  return obj("result", result, "time", time_block(start, finish, processing, last_op,
+    OP_WINDOW * self.cfg.op_bucket))
 end
 
 --- REST entry point --------------------------------------------------------------------

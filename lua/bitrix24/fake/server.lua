@@ -432,10 +432,11 @@ end
 
 ---------------------------------------------------------------- start
 
-local PORTAL_OPTIONS = { "rate", "burst", "op_limit", "token_ttl", "code", "user_id", "client_id", "client_secret" }
+local PORTAL_OPTIONS = { "rate", "burst", "op_limit", "op_cost", "op_bucket", "token_ttl", "code", "user_id",
+                         "client_id", "client_secret" }
 
 --- Starts a portal. Options (all optional):
--- rate, burst, op_limit, token_ttl, code, user_id, client_id, client_secret: passed to the portal logic;
+-- rate, burst, op_limit, op_cost, op_bucket, token_ttl, code, user_id, client_id, client_secret: passed to the portal logic;
 -- data: path of a JSON data file; tls (default true): also listen with HTTPS;
 -- port, tls_port: fixed ports (default: free ones); timeout: seconds before nginx
 -- stops by itself (default 900; false = never); owner_pid: nginx stops soon after
