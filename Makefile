@@ -1,25 +1,47 @@
 # bitrix24: build, install, test and demo.
 #
 #   make                      build the C core for LUA_VERSION (default 5.4)
+#   make LUA_VERSION=V        V is 5.1, 5.2, 5.3, 5.4 or luajit: build/V/bitrix24/core.so
 #   make install PREFIX=DIR   Lua files, core.so and the commands under DIR
-#   make test                 install missing Debian packages, build, run the specs
+#                             (LuaJIT installs into the 5.1 paths)
+#   make test                 install missing Debian packages, then for every Lua
+#                             of LUA_VERSIONS that is installed: build, run the specs;
+#                             ends with one line "N passed, N failed", the sum
+#   make test LUA_VERSION=V   the same for V alone (also when LUA_VERSION is set
+#                             in the environment)
+#   make test PARALLEL=1      the versions at the same time (see spec/run-all)
 #   make demo                 crm.lead.contact.items.get against the fake portal,
 #                             or the portal in BITRIX24_WEBHOOK_URL when set
 
+# Every Lua the core supports; make test runs those installed.
+LUA_VERSIONS := 5.1 5.2 5.3 5.4 luajit
+# Whether LUA_VERSION was chosen (command line or environment), before the
+# default below makes it defined.
+LUA_VERSION_GIVEN := $(filter-out undefined default,$(origin LUA_VERSION))
 LUA_VERSION ?= 5.4
 PREFIX ?= /usr/local
 
+ifeq ($(filter $(LUA_VERSION),$(LUA_VERSIONS)),)
+$(error LUA_VERSION must be one of $(LUA_VERSIONS), not '$(LUA_VERSION)')
+endif
+
+# LuaJIT speaks the 5.1 API and ABI: its modules live in the 5.1 paths.
 ifeq ($(LUA_VERSION),luajit)
 LUA_PC := luajit
 LUA_ABI := 5.1
 LUA := luajit
-LUA_DEB := luajit2 libluajit2-5.1-dev
 else
 LUA_PC := lua$(LUA_VERSION)
 LUA_ABI := $(LUA_VERSION)
 LUA := lua$(LUA_VERSION)
-LUA_DEB := lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev
 endif
+
+# Every interpreter and its headers, so make test can run them all.
+# LuaJIT is OpenResty's luajit2, the one libnginx-mod-http-lua is built
+# against; Debian's plain luajit/libluajit-5.1-dev conflict with it and
+# would remove the nginx Lua module.
+LUA_DEBS := lua5.1 liblua5.1-0-dev lua5.2 liblua5.2-dev lua5.3 liblua5.3-dev \
+	lua5.4 liblua5.4-dev luajit2 libluajit2-5.1-dev
 
 BUILD := build/$(LUA_VERSION)
 CORE := $(BUILD)/bitrix24/core.so
@@ -35,9 +57,9 @@ CURL_LIBS = $(shell pkg-config --libs libcurl)
 
 # Debian packages the build, the specs and the demo need.
 DEB_PACKAGES := make gcc libc6-dev pkg-config libcurl4-openssl-dev lua-cjson lua-socket luarocks procps \
-	lua-busted nginx-light libnginx-mod-http-lua openssl curl $(LUA_DEB)
+	lua-busted nginx-light libnginx-mod-http-lua openssl curl $(LUA_DEBS)
 
-.PHONY: all build install test demo deps clean
+.PHONY: all build install test test-one have-lua demo deps clean
 
 all: build
 
@@ -74,8 +96,22 @@ deps:
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: deps build
-	LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" sh spec/run
+# Every installed Lua of LUA_VERSIONS, or LUA_VERSION alone when it was
+# given; spec/run-all prints each version's count, then the sum.
+PARALLEL ?= 0
+test: deps
+	@MAKE="$(MAKE)" PARALLEL="$(PARALLEL)" sh spec/run-all $(if $(LUA_VERSION_GIVEN),$(LUA_VERSION),--installed $(LUA_VERSIONS))
+
+# One version: build, then the specs; the count is labelled with the
+# interpreter ("lua5.3: N passed, N failed"). Used by spec/run-all.
+test-one: build
+	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" SUMMARY_LABEL="$(LUA)" sh spec/run
+
+# Succeeds when the interpreter and the headers of LUA_VERSION are there.
+have-lua:
+	@command -v $(LUA) >/dev/null 2>&1 && pkg-config --exists $(LUA_PC) 2>/dev/null \
+		&& printf '#include <lua.h>\n#include <lauxlib.h>\n' \
+		| $(CC) $$(pkg-config --cflags $(LUA_PC)) -E -x c - >/dev/null 2>&1
 
 demo: deps build
 	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" sh bin/demo

@@ -66,8 +66,18 @@ end
 -- Programmer errors: raised with a message naming the argument. level is
 -- the frame to blame, counted from the function calling raise (1: its
 -- caller), so the message points at the user's line, not at ours.
+local unpack = table.unpack or unpack -- 5.1 and LuaJIT: the global
+
 function M.raise(level, fmt, ...)
-  error("bitrix24: " .. fmt:format(...), level + 2)
+  -- "%s" takes any value on 5.2+ and LuaJIT, but only strings and numbers
+  -- on 5.1, where a boolean or nil would turn the message into format's own
+  -- "bad argument" error.
+  local args = { n = select("#", ...), ... }
+  for i = 1, args.n do
+    local t = type(args[i])
+    if t ~= "string" and t ~= "number" then args[i] = tostring(args[i]) end
+  end
+  error("bitrix24: " .. fmt:format(unpack(args, 1, args.n)), level + 2)
 end
 
 return M
