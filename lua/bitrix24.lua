@@ -14,17 +14,11 @@ local batch = require "bitrix24.batch"
 local paging = require "bitrix24.paging"
 local auth = require "bitrix24.auth"
 local limiter = require "bitrix24.limiter"
-local cjson = require "cjson"
 
 local M = {
   _NAME = "bitrix24",
   _VERSION = "0.1.0",
 }
-
--- A private encoder: the caller's cjson settings must not change our
--- request bodies, nor ours theirs.
-local json = cjson.new()
-json.encode_sparse_array(false)
 
 local Client = {}
 
@@ -35,7 +29,7 @@ local OPTIONS = {
   on_request = "function", on_response = "function",
   rate = "number", burst = "number", plan = "string", budget = "table", rate_limit = "boolean",
   max_wait = "number", deadline = "number", tries = "number", retry_writes = "boolean",
-  operating_limit = "number",
+  operating_limit = "number", transport = "any",
 }
 
 local function check_opts(opts, level)
@@ -47,7 +41,7 @@ local function check_opts(opts, level)
     local want = OPTIONS[k]
     if not want then
       errors.raise(level, "unknown option opts.%s", tostring(k))
-    elseif type(v) ~= want then
+    elseif want ~= "any" and type(v) ~= want then
       errors.raise(level, "opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
       errors.raise(level, "opts.%s must be positive", k)
@@ -58,6 +52,11 @@ local function check_opts(opts, level)
   end
   if opts.budget ~= nil and type(opts.budget.update) ~= "function" then
     errors.raise(level, "opts.budget must have an update function (see bitrix24.file_budget)")
+  end
+  local t = opts.transport
+  if t ~= nil and t ~= "curl" and t ~= "nginx" and not (type(t) == "table" and type(t.call) == "function"
+      and type(t.request) == "function" and type(t.close) == "function") then
+    errors.raise(level, 'opts.transport must be "curl", "nginx" or an object with call, request and close')
   end
   if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
     errors.raise(level, "opts.tries must be a whole number")
@@ -77,6 +76,22 @@ end
 
 local warned_tls = false
 
+-- Inside nginx (ngx_lua) a blocking libcurl call would stall every request
+-- the worker serves, so requests go through nginx's cosockets there.
+-- opts.transport: "curl", "nginx", or an object with the same methods as
+-- core.http's handle (call, request, close).
+local function open_transport(opts, http_opts)
+  local kind = opts.transport
+  if kind == nil then
+    local ngx = rawget(_G, "ngx")
+    kind = type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
+      and "nginx" or "curl"
+  end
+  if kind == "curl" then return core.http(http_opts) end
+  if kind == "nginx" then return require("bitrix24.transport.nginx").new(http_opts) end
+  return kind
+end
+
 local function new_client(credentials, opts)
   if opts.tls_verify == false and not warned_tls then
     warned_tls = true
@@ -90,7 +105,7 @@ local function new_client(credentials, opts)
   }
   local env = environment()
   return setmetatable({
-    _auth = credentials, _opts = opts, _http = core.http(http_opts), _env = env,
+    _auth = credentials, _opts = opts, _http = open_transport(opts, http_opts), _env = env,
     _limiter = limiter.new(credentials.origin, opts, env),
   }, Client)
 end
@@ -119,6 +134,7 @@ end
 
 M.file_store = auth.file_store
 M.file_budget = limiter.file_budget
+M.shared_dict_budget = limiter.shared_dict_budget
 
 --- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
 --- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET
@@ -156,10 +172,9 @@ end
 -- The JSON body of a call. OAuth's token is added at send time (after a
 -- refresh it changes), as the last key, so it wins over a stray "auth".
 local function json_body(self, method, params, level)
-  local ok, body = pcall(json.encode, params)
+  local ok, body = pcall(core.encode, params)
   if not ok then
-    errors.raise(level, "%s: params cannot be sent as JSON: %s", method,
-      (tostring(body):gsub("^.-: ", "")))
+    errors.raise(level, "%s: params cannot be sent as JSON: %s", method, tostring(body))
   end
   if body:sub(1, 1) ~= "{" and self._auth.kind == "oauth" then
     errors.raise(level, "%s: params must have string keys with OAuth (the token goes beside them)", method)
@@ -169,7 +184,7 @@ end
 
 local function with_auth(body, token)
   if not token then return body end
-  local auth = '"auth":' .. json.encode(token)
+  local auth = '"auth":' .. core.encode(token)
   if body == "{}" then return "{" .. auth .. "}" end
   return body:sub(1, -2) .. "," .. auth .. "}"
 end
@@ -191,7 +206,8 @@ local TLS_HINT = "; if the portal's certificate comes from its own CA, pass opts
 local function final_error(a, method, code, description, status, extra, tries)
   if code == "PORTAL_MOVED" then
     description = description .. " to " .. tostring(extra) .. "; update the client's URL"
-  elseif code == "TLS_ERROR" then
+  elseif code == "TLS_ERROR" and not description:find("lua_ssl_trusted_certificate", 1, true) then
+    -- (the nginx transport names its own remedy: opts.ca_file has no effect there)
     description = description .. TLS_HINT
   end
   if tries > 1 then description = description .. " (after " .. tries .. " tries)" end

@@ -57,6 +57,14 @@ describe("client:call", function()
     assert.equal(1, tonumber(log[1].params.id))
   end)
 
+  it("sends numbers exactly, beyond cjson's 14 digits", function()
+    client:call("crm.lead.list", { filter = { [">ID"] = 123456789012345 }, x = 0.1 + 0.2, s = "é\"\n" })
+    local p = portal:requests()[1].params
+    assert.equal(123456789012345, p.filter[">ID"])
+    assert.equal(0.1 + 0.2, p.x)
+    assert.equal("é\"\n", p.s)
+  end)
+
   it("returns an empty table for a lead without contacts", function()
     local rows, err = client:call(ITEMS_GET, { id = 2 })
     assert.is_nil(err)

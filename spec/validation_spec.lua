@@ -71,6 +71,13 @@ describe("programmer errors", function()
     raises("params cannot be sent as JSON", function() client:call("crm.lead.list", cyclic) end)
   end)
 
+  it("rejects strings that are not UTF-8, naming the key", function()
+    raises("cannot encode a string that is not UTF%-8 at fields%.TITLE", function()
+      client:call("crm.lead.add", { fields = { TITLE = "caf\233" } })
+    end)
+    raises("NaN or infinite number at n", function() client:call("crm.lead.add", { n = 1 / 0 }) end)
+  end)
+
   it("rejects bad client configuration", function()
     raises("webhook URL must be a string", function() bitrix24.webhook(nil) end)
     raises("webhook URL must be an http%(s%) URL", function() bitrix24.webhook("ftp://x/rest/1/c/") end)

@@ -6,6 +6,7 @@
 #include "compat.h"
 #include "envelope.h"
 #include "http.h"
+#include "json.h"
 #include "query.h"
 #include "system.h"
 
@@ -24,6 +25,7 @@ static const luaL_Reg decoders[] = {
     {"decode", b24_decode},
     {"json_decode", b24_json_decode},
     {"query", b24_query},
+    {"encode", b24_json_encode},
     {NULL, NULL}
 };
 

@@ -9,55 +9,27 @@
  * ($result[cmd][0][ID], also $next, $total, $time, $error) is passed
  * through untouched, because the server substitutes it in the raw text.
  *
- * The output grows in a buffer owned by a userdata, so luaL_error can be
- * raised anywhere (a function in the params, a cycle) without a leak. */
+ * The output grows in buffers owned by a userdata (buffer.h), so
+ * luaL_error can be raised anywhere (a function in the params, a cycle)
+ * without a leak. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "buffer.h"
 #include "compat.h"
 #include "query.h"
 
 #define MAX_DEPTH 32
-#define BUF_MT "bitrix24.querybuf"
 
+/* The output and the key of the value being written ("fields[X]"). */
 typedef struct {
-    char *p;
-    size_t len, cap;
-} buf;
-
-typedef struct {
-    buf out, key;
+    b24_buf out, key;
 } bufs;
 
-static int bufs_gc(lua_State *L)
-{
-    bufs *b = lua_touserdata(L, 1);
-    free(b->out.p);
-    free(b->key.p);
-    b->out.p = b->key.p = NULL;
-    return 0;
-}
+#define add b24_buf_add
 
-static void add(lua_State *L, buf *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        char *p;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        p = realloc(b->p, cap);
-        if (!p)
-            luaL_error(L, "out of memory");
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void add_escaped(lua_State *L, buf *b, const char *s, size_t n)
+static void add_escaped(lua_State *L, b24_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789ABCDEF";
     size_t i;
@@ -165,8 +137,7 @@ static void encode_child(lua_State *L, bufs *b, const char *k, size_t kn,
     if (depth > 0)
         add(L, &b->key, "]", 1);
     encode_value(L, b, depth + 1);
-    b->key.len = mark;
-    b->key.p[mark] = '\0';
+    b24_buf_truncate(&b->key, mark);
 }
 
 static int compare_keys(const void *x, const void *y)
@@ -285,20 +256,12 @@ int b24_query(lua_State *L)
     bufs *b;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    b = lua_newuserdata(L, sizeof *b);
-    memset(b, 0, sizeof *b);
-    if (luaL_newmetatable(L, BUF_MT)) {
-        lua_pushcfunction(L, bufs_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
+    b = (bufs *)b24_bufs_new(L, 2);
     add(L, &b->key, "", 0);
     add(L, &b->out, "", 0);
     lua_pushvalue(L, 1);
     encode_value(L, b, 0);
     lua_pushlstring(L, b->out.p, b->out.len);
-    free(b->out.p);
-    free(b->key.p);
-    b->out.p = b->key.p = NULL;
+    b24_bufs_free(&b->out, 2);
     return 1;
 }
