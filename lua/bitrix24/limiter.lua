@@ -76,6 +76,63 @@ function M.file_budget(path)
   }
 end
 
+--- A budget in an nginx lua_shared_dict, shared by every worker (each
+--- worker is its own process; an in-memory budget would let N workers
+--- spend N times the portal's budget). dict: ngx.shared.NAME or NAME.
+---
+--- Shared dicts have atomic single operations but no transactions, so
+--- each update holds a short lock: a key created with add() (which fails
+--- when the key exists) and deleted afterwards. fn does not yield, so the
+--- lock is held for microseconds; its expiry only matters if a worker
+--- died holding it. Waiting for it uses ngx.sleep, which yields.
+local LOCK_TTL = 1        -- seconds before a lock left by a dead worker expires
+local LOCK_WAIT = 5       -- seconds to wait for the lock before giving up
+local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
+
+function M.shared_dict_budget(dict)
+  local ngx = rawget(_G, "ngx")
+  if type(dict) == "string" then
+    dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared[dict] or nil
+    if not dict then errors.raise(1, "shared_dict_budget: no lua_shared_dict of that name") end
+  end
+  if (type(dict) ~= "table" and type(dict) ~= "userdata") or type(dict.add) ~= "function" then
+    errors.raise(1, "shared_dict_budget: dict must be an ngx.shared dictionary or its name")
+  end
+  return {
+    dict = dict,
+    update = function(_, key, fn)
+      local lock_key, state_key = "bitrix24:lock:" .. key, "bitrix24:budget:" .. key
+      local waited = 0
+      while true do
+        local ok, err = dict:add(lock_key, true, LOCK_TTL)
+        if ok then break end
+        if err ~= "exists" then return nil, "shared dict: " .. tostring(err) end
+        if waited >= LOCK_WAIT then return nil, "shared dict: the budget lock stayed busy for " .. LOCK_WAIT .. " s" end
+        ngx.sleep(LOCK_POLL)
+        waited = waited + LOCK_POLL
+      end
+      local raw = dict:get(state_key)
+      local state = type(raw) == "string" and core.json_decode(raw)
+      local ok, new_state, result = pcall(fn, type(state) == "table" and state or {})
+      local saved, err = true, nil
+      if ok then saved, err = dict:set(state_key, json.encode(new_state)) end
+      dict:delete(lock_key)
+      if not ok then error(new_state, 0) end
+      if not saved then return nil, "shared dict: " .. tostring(err) end
+      return result
+    end,
+  }
+end
+
+-- Inside nginx with `lua_shared_dict bitrix24 ...;` every worker shares
+-- the bucket by default; elsewhere it lives in this process.
+local function default_budget()
+  local ngx = rawget(_G, "ngx")
+  local dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared.bitrix24
+  if dict then return M.shared_dict_budget(dict) end
+  return M.memory_budget()
+end
+
 ---------------------------------------------------------------- the limiter
 
 local Limiter = {}
@@ -88,7 +145,7 @@ function M.new(key, opts, env)
   local rate, burst = opts.rate or plan.rate, opts.burst or plan.burst
   return setmetatable({
     key = key, rate = rate, burst = burst, enabled = opts.rate_limit ~= false,
-    budget = opts.budget or M.memory_budget(),
+    budget = opts.budget or default_budget(),
     max_wait = opts.max_wait or 600, deadline = opts.deadline or 900,
     tries = opts.tries or 5, retry_writes = opts.retry_writes or false,
     operating_limit = opts.operating_limit or M.OPERATING_LIMIT,

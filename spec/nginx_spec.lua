@@ -1,0 +1,546 @@
+-- The client inside a real nginx (Debian's nginx-light with
+-- libnginx-mod-http-lua, i.e. OpenResty's LuaJIT): non-blocking calls
+-- through cosockets, the same answers and errors as libcurl, the shared
+-- rate-limit budget, the phases where calls are refused.
+--
+-- The nginx.conf is README.md's own example (the fenced block after the
+-- marker line), with only the install paths and the port replaced, plus
+-- the test locations of spec/nginx/app.lua. So the README's snippet is
+-- what is tested.
+--
+-- The nginx runs LuaJIT whichever Lua runs busted, so this file runs under
+-- one version of the multi-version suite only (5.4, the default) and is
+-- pending under the others.
+
+local support = require "support"
+local socket = require "socket"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+local cjson = require "cjson"
+
+local RUN_UNDER = "5.4"
+local MARKER = "<!-- nginx.conf used by spec/nginx_spec.lua -->"
+-- README placeholders and what replaces them (see README, "OpenResty / nginx").
+local LUA_DIR_PLACEHOLDER = "/usr/local/share/lua/5.1/"
+local CORE_DIR_PLACEHOLDER = "/usr/local/lib/lua/5.1/"
+local LISTEN_PLACEHOLDER = "listen 8080;"
+local NGINX_LIFETIME = 300   -- seconds; the nginx stops by itself after that
+
+local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("*a")
+  p:close()
+  return (out:gsub("%s+$", ""))
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- Plain-text replacement that insists the text is there: a README edit
+-- that drops a placeholder must fail here, not run a different config.
+local function replace(s, old, new)
+  local a, b = s:find(old, 1, true)
+  assert(a, "README's nginx.conf lost " .. old)
+  return s:sub(1, a - 1) .. new .. s:sub(b + 1)
+end
+
+local function readme_block()
+  local readme = support.read_file(support.ROOT .. "/README.md")
+  local at = assert(readme:find(MARKER, 1, true), "README.md has no line " .. MARKER)
+  local block = readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER)
+  return assert(block, "no ```nginx block right after " .. MARKER)
+end
+
+local function free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+local function module_lines()
+  for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/local/nginx/modules" } do
+    if exists(dir .. "/ngx_http_lua_module.so") then
+      local lines = ""
+      if exists(dir .. "/ndk_http_module.so") then lines = "load_module " .. dir .. "/ndk_http_module.so;\n" end
+      return lines .. "load_module " .. dir .. "/ngx_http_lua_module.so;\n"
+    end
+  end
+  return ""   -- built in (OpenResty)
+end
+
+-- A zombie counts as dead: nothing may reap an orphan in a container.
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat", "rb")
+  if not f then return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+  local stat = f:read("*a")
+  f:close()
+  return stat:match("%)%s+(%S)") ~= "Z"
+end
+
+local function urlencode(s)
+  return (s:gsub("[^%w%-%._~/]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+-- A GET with its own timeout (socket.http's TIMEOUT is shared by every spec).
+local function get(url)
+  local chunks = {}
+  local ok, status = http.request {
+    url = url, sink = ltn12.sink.table(chunks),
+    create = function()
+      local s = socket.tcp()
+      s:settimeout(60)
+      return s
+    end,
+  }
+  assert(ok, "GET " .. url .. ": " .. tostring(status))
+  return status, table.concat(chunks)
+end
+
+local function get_json(url)
+  local status, body = get(url)
+  local ok, t = pcall(cjson.decode, body)
+  assert(ok and type(t) == "table", "GET " .. url .. ": " .. tostring(status) .. " " .. body)
+  return t, status, body
+end
+
+describe("inside nginx", function()
+  if support.LUA_VERSION ~= RUN_UNDER then
+    pending("runs under Lua " .. RUN_UNDER .. " only (the nginx runs its own LuaJIT)")
+    return
+  end
+
+  local ROOT = capture("cd " .. quote(support.ROOT) .. " && pwd")
+  local portal, prefix, readme_url, base, stub_url, launcher
+
+  local function error_log() return support.read_file(prefix .. "/error.log") end
+
+  -- Waits (up to `wait` s) for text in nginx's error log.
+  local function log_has(text, wait)
+    local deadline = socket.gettime() + (wait or 3)
+    repeat
+      if error_log():find(text, 1, true) then return true end
+      socket.sleep(0.05)
+    until socket.gettime() > deadline
+    return false
+  end
+
+  local function conf(readme_port, test_port, stub_ports)
+    local block = readme_block()
+    block = replace(block, LUA_DIR_PLACEHOLDER, ROOT .. "/lua/")
+    block = replace(block, CORE_DIR_PLACEHOLDER, ROOT .. "/build/luajit/")
+    block = replace(block, LISTEN_PLACEHOLDER, "listen 127.0.0.1:" .. readme_port .. ";")
+    local app = ROOT .. "/spec/nginx/app.lua"
+    -- The harness's own http-level lines, right after "http {".
+    local tests = table.concat({
+      'client_body_temp_path "' .. prefix .. '/tmp/body";',
+      'proxy_temp_path "' .. prefix .. '/tmp/proxy";',
+      'fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
+      'uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
+      'scgi_temp_path "' .. prefix .. '/tmp/scgi";',
+      'access_log off;',
+      'lua_socket_log_errors off;',
+      'lua_shared_dict spec 1m;',
+      -- A call in init_worker, not from a timer: must raise the phase error.
+      'init_worker_by_lua_block {',
+      '  require("bitrix24").from_env({ rate = 1000, burst = 100000 }):call("crm.lead.contact.fields")',
+      '}',
+      'server {',
+      '  listen 127.0.0.1:' .. test_port .. ';',
+      '  location /t/ { content_by_lua_file "' .. app .. '"; }',
+      '  location /t/ca/ {',
+      '    lua_ssl_trusted_certificate "' .. portal.ca_file .. '";',
+      '    rewrite ^/t/ca/(.*)$ /t/$1 break;',
+      '    content_by_lua_file "' .. app .. '";',
+      '  }',
+      '  location = /t/logphase {',
+      '    content_by_lua_block { ngx.say("ok") }',
+      '    log_by_lua_block {',
+      '      require("bitrix24").from_env({ rate = 1000, burst = 100000 }):call("crm.lead.contact.fields")',
+      '    }',
+      '  }',
+      '}',
+      'server {',
+      '  listen 127.0.0.1:' .. stub_ports[1] .. ';',
+      '  listen 127.0.0.1:' .. stub_ports[2] .. ';',
+      '  listen 127.0.0.1:' .. stub_ports[3] .. ';',
+      '  location /s/ { content_by_lua_file "' .. app .. '"; }',
+      '  location = /s/close { keepalive_timeout 0; content_by_lua_file "' .. app .. '"; }',
+      '}',
+    }, "\n    ")
+    block = replace(block, "http {\n", "http {\n    " .. tests .. "\n\n")
+    return table.concat({
+      "# Generated by spec/nginx_spec.lua: README.md's block below the first lines.",
+      "daemon off;",
+      "master_process on;",
+      "worker_processes 1;",
+      'pid "' .. prefix .. '/nginx.pid";',
+      'error_log "' .. prefix .. '/error.log" warn;',
+      support.run("id -u") == "0\n" and "user root;" or "",
+      module_lines(),
+      "events { worker_connections 1024; }",
+      "",
+      block,
+    }, "\n")
+  end
+
+  setup(function()
+    -- Always through make: a core older than src/ would not match lua/.
+    local out, err, status = support.run("make -s -C " .. quote(ROOT) .. " LUA_VERSION=luajit build")
+    assert(status == 0, "building the LuaJIT core failed: " .. out .. err)
+    portal = support.start_portal { rate = 1000, burst = 100000 }   -- with TLS, for the https cases
+    prefix = capture('mktemp -d "${TMPDIR:-/tmp}/b24-nginx-spec.XXXXXXXX"')
+    os.execute("mkdir -p " .. quote(prefix .. "/tmp"))
+    local readme_port, port = free_port(), free_port()
+    local stub_ports = { free_port(), free_port(), free_port() }
+    readme_url = "http://127.0.0.1:" .. readme_port
+    base = "http://127.0.0.1:" .. port
+    local stub_urls = {}
+    for i, p in ipairs(stub_ports) do stub_urls[i] = "http://127.0.0.1:" .. p end
+    stub_url = stub_urls[1]
+    write_file(prefix .. "/spec-config.json", cjson.encode {
+      webhook_url = portal.webhook_url, stub_urls = stub_urls,
+      oauth = {
+        endpoint = portal.oauth_endpoint, token_url = portal.token_url,
+        access_token = portal.access_token, refresh_token = portal.refresh_token,
+        client_id = portal.client_id, client_secret = portal.client_secret,
+      },
+    })
+    write_file(prefix .. "/nginx.conf", conf(readme_port, port, stub_ports))
+    write_file(prefix .. "/error.log", "")
+    -- GNU timeout stops nginx even if teardown never runs.
+    launcher = tonumber(capture("BITRIX24_WEBHOOK_URL=" .. quote(portal.webhook_url)
+      .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p " .. quote(prefix .. "/")
+      .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
+      .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
+    local deadline = socket.gettime() + 5
+    while true do
+      local ok, status = pcall(get, base .. "/t/hits")
+      if ok and status == 200 then break end
+      if socket.gettime() > deadline then
+        error("nginx did not start:\n" .. error_log() .. (support.read_file(prefix .. "/stderr.log")))
+      end
+      socket.sleep(0.02)
+    end
+  end)
+
+  teardown(function()
+    if prefix then
+      local pid = exists(prefix .. "/nginx.pid") and support.read_file(prefix .. "/nginx.pid"):match("%d+")
+      if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+      if launcher then
+        local deadline = socket.gettime() + 3
+        while alive(launcher) and socket.gettime() < deadline do
+          socket.sleep(0.05)
+        end
+        os.execute("kill -KILL " .. launcher .. " 2>/dev/null")
+      end
+      os.execute("rm -rf " .. quote(prefix))
+    end
+    if portal then portal:stop() end
+  end)
+
+  before_each(function()
+    portal:reset()
+  end)
+
+  -- The wall time of n concurrent GETs (curl --parallel), and their statuses.
+  local function parallel(urls)
+    local list = {}
+    for i, u in ipairs(urls) do list[i] = "-o /dev/null " .. quote(u) end
+    local started = socket.gettime()
+    local out = capture("curl -s --max-time 60 --parallel --parallel-immediate --parallel-max "
+      .. #urls .. " -w '%{http_code}\\n' " .. table.concat(list, " ") .. " 2>/dev/null")   -- (-s does not mute --parallel's meter)
+    local elapsed = socket.gettime() - started
+    local statuses = {}
+    for code in out:gmatch("%d+") do statuses[code] = (statuses[code] or 0) + 1 end
+    return elapsed, statuses
+  end
+
+  local function urls(path, n)
+    local t = {}
+    for i = 1, n do t[i] = base .. path .. (path:find("?", 1, true) and "&" or "?") .. "n=" .. i end
+    return t
+  end
+
+  describe("the README's location", function()
+    it("answers with the portal's rows: integers stay integers, Y/N stay strings", function()
+      local status, body = get(readme_url .. "/lead-contacts?id=1")
+      assert.equal(200, status, body)
+      -- What a direct (libcurl) call returns, compared literal by literal.
+      local bitrix24 = require "bitrix24"
+      local direct = assert(bitrix24.webhook(portal.webhook_url, support.opts()):call(
+        "crm.lead.contact.items.get", { id = 1 }))
+      assert.is_nil(support.diff(direct, support.reference_json(body)))
+      assert.matches('"CONTACT_ID":1010', body, 1, true)
+      assert.matches('"IS_PRIMARY":"Y"', body, 1, true)
+      assert.matches('"IS_PRIMARY":"N"', body, 1, true)
+      local seen = portal:requests()
+      assert.equal("crm.lead.contact.items.get", seen[#seen].method)
+      assert.matches("^bitrix24%-lua/", seen[#seen].user_agent)
+    end)
+
+    it("answers 400 without an id", function()
+      assert.equal(400, (get(readme_url .. "/lead-contacts")))
+    end)
+  end)
+
+  describe("does not block the worker", function()
+    local N, DELAY = 50, 0.2
+
+    it("50 calls of 200 ms through cosockets finish within 1 s together", function()
+      portal:fault { method = "crm.lead.contact.items.get", kind = "latency", delay = DELAY, times = N }
+      local elapsed, statuses = parallel(urls("/t/call", N))
+      io.stderr:write(string.format("\n[nginx_spec] cosocket transport: %d x %.0f ms calls in %.2f s\n",
+        N, DELAY * 1000, elapsed))
+      assert.same({ ["200"] = N }, statuses)
+      assert.is_true(elapsed < 1, string.format("took %.2f s", elapsed))
+    end)
+
+    it("the same 50 calls forced through libcurl take about 50 x 200 ms", function()
+      portal:fault { method = "crm.lead.contact.items.get", kind = "latency", delay = DELAY, times = N }
+      local elapsed, statuses = parallel(urls("/t/call?transport=curl", N))
+      io.stderr:write(string.format("\n[nginx_spec] curl transport (blocking): %d x %.0f ms calls in %.2f s\n",
+        N, DELAY * 1000, elapsed))
+      assert.same({ ["200"] = N }, statuses)
+      assert.is_true(elapsed > 5, string.format("took %.2f s", elapsed))
+    end)
+  end)
+
+  describe("errors", function()
+    local refused = "http://127.0.0.1:" .. free_port() .. "/rest/1/x/"
+
+    -- name, fault (registered before each transport's try), query
+    local cases = {
+      { "a portal error envelope", nil, "id=13" },
+      { "an unknown method", nil, "method=crm.lead.contact.nosuch" },
+      { "HTML from a proxy (502)", { kind = "html502" }, "" },
+      { "a 500 envelope", { kind = "error500" }, "" },
+      { "an error with HTTP 200", { kind = "error200" }, "" },
+      { "a redirect to another host", { kind = "redirect" }, "" },
+      { "malformed JSON", { kind = "malformed" }, "" },
+      { "a truncated answer", { kind = "truncate" }, "" },
+      { "a timeout", { kind = "latency", delay = 1 }, "timeout=0.3" },
+      { "an answer over max_response", nil, "max_response=20" },
+      { "a refused connection", nil, "url=" .. urlencode(refused) },
+    }
+
+    for _, case in ipairs(cases) do
+      it("map to the same code as with libcurl: " .. case[1], function()
+        local got = {}
+        for _, transport in ipairs { "nginx", "curl" } do
+          if case[2] then
+            local f = { method = "crm.lead.contact.items.get", times = 1 }
+            for k, v in pairs(case[2]) do f[k] = v end
+            portal:fault(f)
+          end
+          got[transport] = get_json(base .. "/t/call?transport=" .. transport .. "&" .. case[3])
+        end
+        local n, c = got.nginx, got.curl
+        assert.is_false(c.ok, cjson.encode(c))
+        assert.is_false(n.ok, cjson.encode(n))
+        assert.equal(c.code, n.code, cjson.encode(got))
+        assert.equal(c.status, n.status, cjson.encode(got))
+        if c.status and c.code ~= "PORTAL_MOVED" then
+          -- The same C code judged the same answer (up to sizes and
+          -- positions: the answers' timing fields differ in length).
+          assert.equal(c.description:match("^[^(]*"), n.description:match("^[^(]*"))
+        end
+      end)
+    end
+
+    it("PORTAL_MOVED names the new address, as with libcurl", function()
+      portal:fault { method = "crm.lead.contact.items.get", kind = "redirect", times = 1 }
+      local n = get_json(base .. "/t/call")
+      portal:fault { method = "crm.lead.contact.items.get", kind = "redirect", times = 1 }
+      local c = get_json(base .. "/t/call?transport=curl")
+      assert.equal("PORTAL_MOVED", n.code)
+      assert.equal(c.description, n.description)
+    end)
+  end)
+
+  describe("TLS", function()
+    local function https_url(host)
+      return urlencode(portal.https_webhook_url:gsub("127%.0%.0%.1", host))
+    end
+
+    -- First: afterwards nginx's pool holds a connection verified with the
+    -- portal's CA, which a location without that CA would reuse.
+    it("fails with TLS_ERROR, as libcurl does, when the CA is not trusted", function()
+      local n = get_json(base .. "/t/call?url=" .. https_url("localhost"))
+      local c = get_json(base .. "/t/call?transport=curl&url=" .. https_url("localhost"))
+      assert.equal("TLS_ERROR", n.code, cjson.encode(n))
+      assert.equal("TLS_ERROR", c.code, cjson.encode(c))
+      assert.matches("lua_ssl_trusted_certificate", n.description, 1, true)
+      assert.not_matches("opts.ca_file", n.description, 1, true)
+    end)
+
+    it("verifies the portal against lua_ssl_trusted_certificate, by host name", function()
+      local r = get_json(base .. "/t/ca/call?url=" .. https_url("localhost"))
+      assert.is_true(r.ok, cjson.encode(r))
+      assert.equal(1010, r.rows[1].CONTACT_ID)
+    end)
+
+    it("checks the host name: an IP address in the URL fails in nginx (libcurl accepts an IP SAN)", function()
+      -- nginx matches certificates against DNS names only; portals have names.
+      for _ = 1, 10 do   -- repeated: ngx_lua sometimes reports this failure late (see the transport)
+        local r = get_json(base .. "/t/ca/call?url=" .. urlencode(portal.https_webhook_url))
+        assert.equal("TLS_ERROR", r.code, cjson.encode(r))
+      end
+    end)
+
+    it("skips verification with tls_verify = false", function()
+      local r = get_json(base .. "/t/call?tls_verify=0&url=" .. https_url("localhost"))
+      assert.is_true(r.ok, cjson.encode(r))
+    end)
+
+    it("refuses opts.ca_file and opts.proxy at creation, saying what to do instead", function()
+      local r = get_json(base .. "/t/ca_file")
+      assert.is_false(r.ok)
+      assert.matches("lua_ssl_trusted_certificate", r.err, 1, true)
+      assert.is_false(r.proxy_ok)
+      assert.matches("proxy is not supported inside nginx", r.proxy_err, 1, true)
+    end)
+  end)
+
+  describe("connections", function()
+    it("sequential calls share one keep-alive connection to the portal", function()
+      local r = get_json(base .. "/t/seq?n=5")
+      assert.is_true(r.ok, cjson.encode(r))
+      local seen = portal:requests()
+      assert.equal(5, #seen)
+      for i = 2, 5 do assert.equal(seen[1].conn, seen[i].conn) end
+      -- ... and so do separate requests of the same worker.
+      get_json(base .. "/t/seq?n=1")
+      assert.equal(seen[1].conn, portal:requests()[6].conn)
+    end)
+
+    local function transport(query)
+      local r = get_json(base .. "/t/transport?" .. query)
+      r.calls.after_close = r.after_close
+      return r.calls
+    end
+
+    it("reads Content-Length and chunked bodies, and keeps the connection", function()
+      local r = transport("path=/s/length&path=" .. urlencode("/s/chunked?size=5000") .. "&path=/s/length")
+      assert.equal(200, r[1].status)
+      assert.equal(5000, #r[2].result.pad)
+      assert.equal(r[1].result.conn, r[2].result.conn)
+      assert.equal(r[1].result.conn, r[3].result.conn)
+    end)
+
+    it("does not reuse a connection the server closes (Connection: close)", function()
+      local r = transport("path=/s/close&path=/s/close")
+      assert.equal(200, r[1].status)
+      assert.equal(200, r[2].status)
+      assert.are_not.equal(r[1].result.conn, r[2].result.conn)
+    end)
+
+    it("reads a body that ends with the connection", function()
+      local r = transport("path=/s/eof")
+      assert.is_true(r[1].result.eof, cjson.encode(r))
+    end)
+
+    it("resends once on a fresh connection when a reused one closes before answering", function()
+      local before = get_json(base .. "/t/hits").flaky or 0
+      local r = transport("base=3&path=/s/flaky&path=/s/flaky")
+      assert.equal(200, r[1].status, cjson.encode(r))
+      assert.equal(200, r[2].status, cjson.encode(r))
+      assert.are_not.equal(r[1].result.conn, r[2].result.conn)
+      assert.equal(before + 3, get_json(base .. "/t/hits").flaky)
+    end)
+
+    it("does not resend when a fresh connection closes (the request may have run)", function()
+      local before = get_json(base .. "/t/hits").drop or 0
+      local r = transport("base=2&path=/s/drop")
+      assert.equal("NETWORK_ERROR", r[1].code, cjson.encode(r))
+      assert.equal(before + 1, get_json(base .. "/t/hits").drop)
+    end)
+
+    it("limits the answer's size with max_response, chunked or not", function()
+      local r = transport("max_response=1000&path=" .. urlencode("/s/chunked?size=5000")
+        .. "&path=" .. urlencode("/s/length") .. "&path=" .. urlencode("/s/chunked?size=100"))
+      assert.equal("RESPONSE_TOO_LARGE", r[1].code, cjson.encode(r))
+      assert.equal(200, r[2].status)
+      assert.equal(200, r[3].status)
+      r = transport("max_response=10&path=/s/length")
+      assert.equal("RESPONSE_TOO_LARGE", r[1].code, cjson.encode(r))
+    end)
+
+    it("reports a redirect with its absolute Location, a timeout, and error envelopes", function()
+      local r = transport("timeout=0.3&path=/s/redirect&path=" .. urlencode("/s/slow?delay=1") .. "&path=/s/error")
+      assert.equal("PORTAL_MOVED", r[1].code)
+      assert.equal(302, r[1].status)
+      assert.equal(stub_url .. "/elsewhere/", r[1].extra)
+      assert.equal("TIMEOUT", r[2].code)
+      assert.equal("ERROR_ARGUMENT", r[3].code)
+      assert.equal(400, r[3].status)
+      assert.matches("closed", r.after_close)
+    end)
+
+    it("request() returns any status with its body (GET without a body)", function()
+      local r = transport("raw=1&get=1&path=/s/redirect&path=/s/error")
+      assert.equal(302, r[1].status)
+      assert.equal(400, r[2].status)
+      assert.matches("ERROR_ARGUMENT", r[2].body, 1, true)
+    end)
+
+    it("refreshes an expired OAuth token through request()", function()
+      portal:expire_tokens()
+      local r = get_json(base .. "/t/oauth")
+      assert.is_true(r.ok, cjson.encode(r))
+      assert.is_true(r.refreshed)
+    end)
+  end)
+
+  describe("the shared budget", function()
+    it("is the default with lua_shared_dict bitrix24, and paces concurrent requests", function()
+      portal:configure { rate = 10, burst = 5 }
+      local elapsed, statuses = parallel(urls("/t/paced?rate=10&burst=5", 20))
+      assert.same({ ["200"] = 20 }, statuses)
+      local stats = portal:stats()
+      assert.equal(20, stats.by_status["200"], cjson.encode(stats))
+      assert.is_nil(stats.by_status["503"])
+      -- 4 at once (one unit of the burst is kept spare), then 10 a second.
+      assert.is_true(elapsed > 1.4, string.format("took %.2f s", elapsed))
+      local keys = get_json(base .. "/t/budget_keys").keys
+      assert.is_truthy(table.concat(keys, " "):find("bitrix24:budget:" .. portal.url, 1, true))
+    end)
+
+    it("without pacing the same requests meet 503s (the check above means something)", function()
+      portal:configure { rate = 10, burst = 5 }
+      parallel(urls("/t/paced?rate=10&burst=5&transport=nginx&nolimit=1", 20))
+      assert.is_true((portal:stats().by_status["503"] or 0) > 0)
+    end)
+
+    it("waits for the lock another worker holds, without blocking", function()
+      local r = get_json(base .. "/t/lock")
+      assert.equal("done", r.result, cjson.encode(r))
+      assert.is_true(r.after_release)
+      assert.is_true(r.waited >= 0.09)
+      assert.equal(1, r.n)
+    end)
+  end)
+
+  describe("phases without cosockets", function()
+    it("a call in init_worker_by_lua raises an error naming the phase", function()
+      assert.is_true(log_has("cannot call Bitrix24 in nginx's init_worker phase"), error_log())
+    end)
+
+    it("a call in log_by_lua raises an error naming the phase", function()
+      assert.equal(200, (get(base .. "/t/logphase")))
+      assert.is_true(log_has("cannot call Bitrix24 in nginx's log phase"), error_log())
+    end)
+  end)
+end)
