@@ -133,6 +133,7 @@ function M.oauth(cfg, opts)
 end
 
 M.file_store = auth.file_store
+M.shared_dict_store = auth.shared_dict_store
 M.file_budget = limiter.file_budget
 M.shared_dict_budget = limiter.shared_dict_budget
 

@@ -533,6 +533,25 @@ describe("inside nginx", function()
     end)
   end)
 
+  describe("OAuth", function()
+    it("concurrent requests meeting an expired token refresh it once between them", function()
+      portal:reset { tokens = true }
+      local info = portal:info()
+      portal:expire_tokens()
+      local path = "/t/oauth_shared?store=concurrent" .. os.time() .. "&access_token=" .. info.access_token
+        .. "&refresh_token=" .. info.refresh_token
+      local _, statuses = parallel(urls(path, 20))
+      assert.same({ ["200"] = 20 }, statuses)
+      local refreshes, ok = 0, 0
+      for _, r in ipairs(portal:requests()) do
+        if r.method == "oauth.token" then refreshes = refreshes + 1 end
+        if r.method == "crm.lead.contact.items.get" and r.status == 200 then ok = ok + 1 end
+      end
+      assert.equal(1, refreshes)
+      assert.equal(20, ok)
+    end)
+  end)
+
   describe("phases without cosockets", function()
     it("a call in init_worker_by_lua raises an error naming the phase", function()
       assert.is_true(log_has("cannot call Bitrix24 in nginx's init_worker phase"), error_log())

@@ -240,4 +240,43 @@ function M.file_store(path)
   }
 end
 
+--- A token store in an nginx lua_shared_dict, shared by every worker:
+--- with it, clients in any worker (even one per request) refresh once
+--- between them. dict: ngx.shared.NAME or NAME; key names the token set
+--- (several apps can share a dict).
+function M.shared_dict_store(dict, key)
+  local ngx = rawget(_G, "ngx")
+  if type(dict) == "string" then
+    dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared[dict] or nil
+    if not dict then errors.raise(1, "shared_dict_store: no lua_shared_dict of that name") end
+  end
+  if (type(dict) ~= "table" and type(dict) ~= "userdata") or type(dict.add) ~= "function" then
+    errors.raise(1, "shared_dict_store: dict must be an ngx.shared dictionary or its name")
+  end
+  local name = "bitrix24:tokens:" .. tostring(key or "default")
+  return {
+    load = function()
+      local raw = dict:get(name)
+      local t = type(raw) == "string" and core.json_decode(raw)
+      return type(t) == "table" and t or nil
+    end,
+    save = function(_, tokens)
+      return dict:set(name, json.encode(tokens))
+    end,
+    -- Held across the token request, so it expires after 30 s in case the
+    -- worker holding it dies; waiting yields to the worker's other requests.
+    lock = function()
+      local waited = 0
+      while true do
+        local ok, err = dict:add(name .. ":lock", true, 30)
+        if ok then return function() dict:delete(name .. ":lock") end end
+        if err ~= "exists" then return nil, err end
+        if waited >= 30 then return nil, "the token lock stayed busy for 30 s" end
+        ngx.sleep(0.005)
+        waited = waited + 0.005
+      end
+    end,
+  }
+end
+
 return M

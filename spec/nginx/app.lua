@@ -114,6 +114,20 @@ function T.oauth()
   return reply(result)
 end
 
+-- An OAuth client per request, sharing its tokens through the bitrix24
+-- shared dict: concurrent requests meeting an expired token must refresh
+-- it once between them. The tokens to seed an empty store come in the
+-- query (a test portal's).
+function T.oauth_shared()
+  local o = config.oauth
+  local client = bitrix24.oauth({
+    endpoint = o.endpoint, token_url = o.token_url, client_id = o.client_id, client_secret = o.client_secret,
+    access_token = args.access_token, refresh_token = args.refresh_token,
+    store = bitrix24.shared_dict_store("bitrix24", args.store),
+  }, client_opts())
+  return reply(outcome(client:call("crm.lead.contact.items.get", { id = 1 })))
+end
+
 function T.hits()
   local dict, out = ngx.shared.spec, {}
   for _, k in ipairs(dict:get_keys(0)) do
