@@ -51,8 +51,10 @@ void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
         while (cap < b->len + n + 1)
             cap *= 2;
         p = realloc(b->p, cap);
-        if (!p)
+        if (!p) {
             luaL_error(L, "out of memory");
+            return; /* not reached: luaL_error does not return */
+        }
         b->p = p;
         b->cap = cap;
     }

@@ -91,6 +91,10 @@ static long opt_ms(lua_State *L, int t, const char *key, double dflt)
     else
         s = lua_tonumber(L, -1);
     lua_pop(L, 1);
+    /* libcurl reads 0 ms as "no timeout at all": a positive timeout
+     * below half a millisecond must not round down to that. */
+    if (s * 1000.0 < 1.0)
+        return 1;
     return (long)(s * 1000.0 + 0.5);
 }
 
@@ -221,7 +225,8 @@ static int perform(lua_State *L, b24_http *h, const char *url,
         if (rc == CURLE_OK)
             rc = curl_easy_setopt(h->curl, CURLOPT_POSTFIELDS, body);
     } else if (rc == CURLE_OK) {
-        rc = curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, NULL);
+        rc = curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER,
+                                  (struct curl_slist *)NULL);
         if (rc == CURLE_OK)
             rc = curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);
     }

@@ -128,13 +128,22 @@ static void add_number(lua_State *L, bufs *b, int idx)
     add(L, &b->out, num, (size_t)n);
 }
 
+/* Keys exactly 1..n: n distinct whole numbers within [1, n]. The count
+ * alone is not enough, since # may stop at any border: {1, 2, nil, 4,
+ * [0] = 0} has 4 keys and a length of 4 but no [3]. */
 static int is_sequence(lua_State *L, int t)
 {
     size_t n = b24_rawlen(L, t), count = 0;
     lua_pushnil(L);
     while (lua_next(L, t)) {
+        lua_Number k;
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TNUMBER) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        k = lua_tonumber(L, -1);
+        if (!(k >= 1 && k <= (lua_Number)n && k == floor(k))) {
             lua_pop(L, 1);
             return 0;
         }
@@ -148,8 +157,8 @@ static void encode_value(lua_State *L, bufs *b, int depth);
 /* The key at -2 as a path step, for error messages. */
 static void push_path(lua_State *L, bufs *b, int array_index)
 {
-    char num[32];
     if (array_index) {
+        char num[32];
         int n = snprintf(num, sizeof num, "[%d]", array_index);
         add(L, &b->path, num, (size_t)n);
     } else {
@@ -166,7 +175,7 @@ static void push_path(lua_State *L, bufs *b, int array_index)
 
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
-    int t = lua_gettop(L), first = 1;
+    int t = lua_gettop(L);
     size_t mark = b->path.len;
 
     if (depth > MAX_DEPTH)
@@ -186,6 +195,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         }
         add(L, &b->out, "]", 1);
     } else {
+        int first = 1;
         add(L, &b->out, "{", 1);
         lua_pushnil(L);
         while (lua_next(L, t)) {

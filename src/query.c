@@ -109,13 +109,22 @@ static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
     return (size_t)snprintf(out, size, "%.17g", (double)n);
 }
 
+/* Keys exactly 1..n: n distinct whole numbers within [1, n]. The count
+ * alone is not enough, since # may stop at any border: {1, 2, nil, 4,
+ * [0] = 0} has 4 keys and a length of 4 but no [3]. */
 static int is_sequence(lua_State *L, int t)
 {
     size_t n = b24_rawlen(L, t), count = 0;
     lua_pushnil(L);
     while (lua_next(L, t)) {
+        lua_Number k;
         lua_pop(L, 1);
         if (lua_type(L, -1) != LUA_TNUMBER) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        k = lua_tonumber(L, -1);
+        if (!(k >= 1 && k <= (lua_Number)n && k == floor(k))) {
             lua_pop(L, 1);
             return 0;
         }
@@ -140,17 +149,36 @@ static void encode_child(lua_State *L, bufs *b, const char *k, size_t kn,
     b24_buf_truncate(&b->key, mark);
 }
 
+/* A key as text (with its length: a Lua string may hold NUL bytes) and
+ * where the original key sits in the anchor table, so the value is looked
+ * up by the key itself, not by a conversion of its text. */
+typedef struct {
+    const char *s;
+    size_t len;
+    int slot;
+    int is_number;
+} sort_key;
+
 static int compare_keys(const void *x, const void *y)
 {
-    return strcmp(*(const char *const *)x, *(const char *const *)y);
+    const sort_key *a = x, *b = y;
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->s, b->s, n);
+    if (c)
+        return c;
+    if (a->len != b->len)
+        return a->len < b->len ? -1 : 1;
+    /* "1" and 1 in one table: the string key first, always. */
+    return a->is_number - b->is_number;
 }
 
-/* The table's keys as sorted strings, so equal params always encode the
- * same. Pushes an anchor table holding the strings; the caller pops it. */
-static const char **sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
+/* The table's keys sorted as text, so equal params always encode the
+ * same. Pushes an anchor table holding the texts and the keys; the
+ * caller pops it. */
+static sort_key *sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
 {
     size_t n = 0, i = 0;
-    const char **keys;
+    sort_key *keys;
     char num[64];
 
     lua_pushnil(L);
@@ -163,8 +191,10 @@ static const char **sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
     lua_setfield(L, -2, "keys");
     lua_pushnil(L);
     while (lua_next(L, t)) {
+        int slot;
         lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TNUMBER) {
+        keys[i].is_number = lua_type(L, -1) == LUA_TNUMBER;
+        if (keys[i].is_number) {
             size_t len = format_number(L, b, -1, num, sizeof num);
             lua_pushlstring(L, num, len);
         } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -172,18 +202,22 @@ static const char **sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
         } else {
             fail(L, b, "a key that is not a string or a number");
         }
-        keys[i++] = lua_tostring(L, -1);
-        lua_rawseti(L, -3, (int)i);
+        keys[i].s = lua_tolstring(L, -1, &keys[i].len);
+        slot = (int)(2 * i + 1);
+        keys[i].slot = slot + 1;
+        lua_rawseti(L, -3, slot);       /* anchor[slot] = text */
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, -3, slot + 1);   /* anchor[slot + 1] = the key */
+        i++;
     }
-    qsort(keys, n, sizeof *keys, compare_keys);
-    *count = n;
+    qsort(keys, i, sizeof *keys, compare_keys);
+    *count = i;
     return keys;
 }
 
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
     int t = lua_gettop(L);
-    char num[64];
 
     if (depth > MAX_DEPTH)
         fail(L, b, "a table nested too deep (a cycle?)");
@@ -191,6 +225,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         fail(L, b, "a table nested too deep");
     if (is_sequence(L, t)) {
         size_t i, n = b24_rawlen(L, t);
+        char num[64];
         for (i = 1; i <= n; i++) {
             lua_rawgeti(L, t, (int)i);
             encode_child(L, b, num,
@@ -199,17 +234,13 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         }
     } else {
         size_t i, n;
-        const char **keys = sorted_keys(L, b, t, &n);
+        int anchor;
+        const sort_key *keys = sorted_keys(L, b, t, &n);
+        anchor = lua_gettop(L);
         for (i = 0; i < n; i++) {
-            lua_pushstring(L, keys[i]);
+            lua_rawgeti(L, anchor, keys[i].slot);
             lua_rawget(L, t);
-            if (lua_isnil(L, -1)) {
-                /* A number key was turned into a string: look it up as one. */
-                lua_pop(L, 1);
-                lua_pushnumber(L, strtod(keys[i], NULL));
-                lua_rawget(L, t);
-            }
-            encode_child(L, b, keys[i], strlen(keys[i]), depth);
+            encode_child(L, b, keys[i].s, keys[i].len, depth);
         }
         lua_pop(L, 1);
     }

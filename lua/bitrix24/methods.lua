@@ -7,8 +7,14 @@ local errors = require "bitrix24.errors"
 
 local M = {}
 
+-- %q writes a newline as "\" and a real newline: an error message must
+-- stay one line (it ends up in logs), so write it as \n.
+local function quote(s)
+  return (string.format("%q", s):gsub("\\\n", "\\n"))
+end
+
 local function describe(v)
-  if type(v) == "string" then return string.format("%q", v) end
+  if type(v) == "string" then return quote(v) end
   return tostring(v) .. " (" .. type(v) .. ")"
 end
 
@@ -136,7 +142,7 @@ function M.check_name(method, level)
   if type(method) ~= "string" or not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
       or method:find("..", 1, true) then
     errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s",
-      type(method) == "string" and string.format("%q", method) or type(method))
+      type(method) == "string" and quote(method) or type(method))
   end
 end
 
