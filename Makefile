@@ -50,7 +50,7 @@ HDR := $(wildcard src/*.h)
 
 CC ?= cc
 CFLAGS ?= -O2 -g
-WARNINGS := -Wall -Wextra -Wshadow
+WARNINGS := -Wall -Wextra -Wshadow -Wconversion
 LUA_CFLAGS = $(shell pkg-config --cflags $(LUA_PC))
 CURL_CFLAGS = $(shell pkg-config --cflags libcurl)
 CURL_LIBS = $(shell pkg-config --libs libcurl)
@@ -120,3 +120,121 @@ demo: deps build
 
 clean:
 	rm -rf build
+
+# Benchmarks (not part of make test; see bench/run.lua and bench/RESULTS.md)
+#
+#   make bench                this client side by side with libcurl in C, wrk,
+#                             luasocket, Python requests and curl; one table,
+#                             also written to bench/RESULTS.md (under 10 minutes)
+#   make bench-smoke          every row with small counts (about a minute) for CI;
+#                             fails only when a benchmark fails to run
+#   make bench-deps           make deps, plus wrk, python3-requests, lua-socket
+# Targets are reported in the table, never asserted.
+
+BENCH_DEBS := wrk python3-requests lua-socket
+BENCH_LOOP := build/bench/curl_loop
+
+.PHONY: bench bench-smoke bench-deps bench-build
+
+bench-deps: deps
+	@missing=""; for p in $(BENCH_DEBS); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' \
+			|| missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BENCH_LOOP): bench/curl_loop.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(WARNINGS) $(CURL_CFLAGS) $< -o $@ $(CURL_LIBS)
+
+# The core for LUA_VERSION (the client measured) and for LuaJIT (nginx's).
+bench-build: build $(BENCH_LOOP)
+	@$(MAKE) -s --no-print-directory build LUA_VERSION=luajit
+
+bench: bench-deps bench-build
+	@LUA_VERSION="$(LUA_VERSION)" LUA="$(LUA)" $(LUA) bench/run.lua
+
+bench-smoke: bench-deps bench-build
+	@LUA_VERSION="$(LUA_VERSION)" LUA="$(LUA)" $(LUA) bench/run.lua --smoke
+
+# Robustness: lint, sanitizers, valgrind, fuzzing
+#
+#   make lint                 the core with -Werror under gcc and clang for every
+#                             installed Lua, then cppcheck and clang-tidy (.clang-tidy)
+#   make test-asan            the whole suite under Lua 5.4 with the core built with
+#                             AddressSanitizer + UBSan (build/asan-5.4); fails on any report
+#   make test-valgrind        a spec subset and spec/leakcheck.lua (10,000 calls, every
+#                             failure kind) under valgrind; fails on any leak from our code
+#   make fuzz FUZZ_SECONDS=N  builds the libFuzzer targets of fuzz/ and runs each N s
+#                             (default 60); fails on any crash (see fuzz/README.md)
+# Each ends with one line "<target>: N passed, N failed" (see spec/run-robust).
+
+LINT_CCS := gcc clang
+LINT_WARNINGS := $(WARNINGS) -Werror
+CPPCHECK_FLAGS := --enable=warning,style,performance,portability --std=c99 --force \
+	--error-exitcode=1 --quiet --inline-suppr --suppress=missingIncludeSystem
+FUZZ_SECONDS ?= 60
+ASAN_BUILD := build/asan-5.4
+ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+.PHONY: lint lint-cc lint-cppcheck lint-tidy test-asan build-asan test-valgrind fuzz
+
+lint: lint-cc lint-cppcheck lint-tidy
+	@echo "lint: 3 passed, 0 failed"
+
+lint-cc:
+	@for v in $(LUA_VERSIONS); do \
+		$(MAKE) -s --no-print-directory have-lua LUA_VERSION=$$v 2>/dev/null || { echo "lint: Lua $$v not installed, skipped"; continue; }; \
+		pc=lua$$v; [ $$v = luajit ] && pc=luajit; \
+		for cc in $(LINT_CCS); do \
+			command -v $$cc >/dev/null || { echo "lint: $$cc not installed"; exit 1; }; \
+			mkdir -p build/lint/$$cc-$$v; \
+			echo "lint: $$cc, Lua $$v"; \
+			$$cc -O2 -g $(LINT_WARNINGS) -fPIC -shared $$(pkg-config --cflags $$pc libcurl) \
+				$(SRC) -o build/lint/$$cc-$$v/core.so $(CURL_LIBS) -lpthread || exit 1; \
+		done; \
+	done
+
+# Both the 5.4 and the 5.1 headers: compat.h takes other paths under 5.1.
+lint-cppcheck:
+	cppcheck $(CPPCHECK_FLAGS) $$(pkg-config --cflags-only-I lua5.4 libcurl) src/
+	cppcheck $(CPPCHECK_FLAGS) -ULUA_USER_H $$(pkg-config --cflags-only-I lua5.1 libcurl) src/
+
+# (clang-tidy counts the warnings it hid in system headers on stderr: dropped.)
+lint-tidy:
+	@for v in 5.4 5.1; do \
+		echo "clang-tidy $(SRC) (Lua $$v headers)"; \
+		out=$$(clang-tidy --quiet $(SRC) -- $$(pkg-config --cflags lua$$v libcurl) -std=c99 2>&1); rc=$$?; \
+		printf '%s\n' "$$out" | grep -v -E '^[0-9]+ warnings? generated\.$$'; \
+		[ $$rc -eq 0 ] || exit $$rc; \
+	done
+
+$(ASAN_BUILD)/bitrix24/core.so: $(SRC) $(HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) $(WARNINGS) -fPIC -shared $$(pkg-config --cflags lua5.4 libcurl) \
+		$(SRC) -o $@ $(CURL_LIBS) -lpthread
+
+# The interpreter that runs the suite: Lua 5.4 with the sanitizer runtime
+# linked in (see spec/lua_host.c).
+$(ASAN_BUILD)/lua: spec/lua_host.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_FLAGS) $(WARNINGS) $$(pkg-config --cflags lua5.4) $< -o $@ $$(pkg-config --libs lua5.4)
+
+build-asan: $(ASAN_BUILD)/bitrix24/core.so $(ASAN_BUILD)/lua
+
+# build/5.4 too: specs that start the CLI in a child process use it.
+test-asan: deps build-asan
+	@$(MAKE) -s --no-print-directory build LUA_VERSION=5.4
+	@ASAN_BUILD="$(ASAN_BUILD)" sh spec/run-robust asan
+
+test-valgrind: deps
+	@$(MAKE) -s --no-print-directory build LUA_VERSION=5.4
+	@sh spec/run-robust valgrind
+
+fuzz:
+	@FUZZ_SECONDS="$(FUZZ_SECONDS)" sh fuzz/run

@@ -1,0 +1,108 @@
+-- The "Notes" section of bench/RESULTS.md: for each missed target, why and
+-- what would close it, with this run's numbers. Called by bench/run.lua as
+-- notes(rows, facts, failures, smoke) -> markdown text.
+
+return function(rows, facts, failures, smoke)
+  local out = { "## Notes", "" }
+  local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
+  local missed = {}
+  for _, r in ipairs(rows) do if r.met == false then missed[r.id] = r end end
+
+  if smoke then
+    say("Smoke mode: counts too small for the ratios to mean much; run `make bench` for figures.")
+    say("")
+  end
+
+  say("How to read it: rounds interleave the contenders (a rotating order), each headline figure is the "
+    .. "median over the rounds of the ratio within a round. The machine is shared: other jobs come and go, "
+    .. "so absolute rates swing by 2-3x between runs while the ratios hold far better.")
+  say("")
+  say("Setup: the bench starts its own nginx (1.22, ngx_lua) in a temporary prefix with `worker_processes 1`: "
+    .. "row 1 measures one keep-alive connection, which a single worker serves however many there are, and on "
+    .. "2 cores one worker leaves the other core to the client under test instead of making them fight over it. "
+    .. "The canned answer is a `return 200 '<json>'` location (no Lua), so the server is not the bottleneck "
+    .. "(wrk gets well above every libcurl contender from it). luasocket's `socket.http` does not keep "
+    .. "connections alive: it opens and closes one TCP connection per call (on loopback that costs little, "
+    .. "which is why it comes close). The client runs with `rate_limit = false`.")
+  say("")
+
+  local f1 = facts["1"]
+  if missed["1a"] or missed["1b"] then
+    local which = missed["1a"] and missed["1b"] and "Rows 1a and 1b" or missed["1a"] and "Row 1a" or "Row 1b"
+    say("**%s missed: a round trip on loopback takes a few tens of microseconds, and the client does real "
+      .. "work on top of it that neither the C loop nor wrk does.**", which)
+    if f1 then
+      say("Breakdown, measured in one process on one connection in this run (medians): a libcurl round trip "
+        .. "through the client's own handle (`handle:request`, no decoding) takes %.1f us, the same with the "
+        .. "envelope decoded (`handle:call`) %.1f us, and the full `client:call` %.1f us. Measured "
+        .. "alone, decoding the %d-byte answer (cjson + the integer walk) takes %.1f us, and the Lua layer "
+        .. "(checks, JSON encoding of the params, limiter and operating-time bookkeeping) with a stub "
+        .. "transport %.1f us. The rest of the %.1f us between `client:call` and `handle:request` is the "
+        .. "garbage those calls leave and the caches they evict between two syscalls. On 2 cores, the "
+        .. "client's own CPU adds straight to the latency of a ping-pong with nginx. The libcurl part is the "
+        .. "same as the C loop's: http.c sets its options once per handle and reuses the connection, and "
+        .. "its per-call setopts (URL, headers, body) cost well under 1 us.",
+        f1.raw, f1.call, f1.client, f1.bytes, f1.decode, f1.lua, f1.client - f1.raw)
+    end
+    say("What would close it: only a round trip long enough to hide that work. Against a real portal "
+      .. "(10-100 ms a call), 10 us is 0.1%% or less, and the client and the C loop are equal. Reaching 0.95 on "
+      .. "loopback would need the client's own work under ~1.5 us a call, which means not decoding at "
+      .. "all, and a REST client has to decode. Smaller steps that would help: a decoder that produces Lua "
+      .. "integers directly, with no walk over the tree (about 1 us here, more on large answers, see row "
+      .. "2), and caching per method in the Lua layer what is now recomputed on every call "
+      .. "(`method:lower()` in the limiter's acquire and observe, a fresh table per observe, the "
+      .. "method-name pattern checks). wrk is a hand-tuned C load generator with no per-request library "
+      .. "overhead; libcurl alone stays well below it (the C loop's own ratio to wrk is in the details), so "
+      .. "0.6 of wrk holds only while the machine is quiet.")
+    say("")
+  end
+  if missed["1c"] then
+    say("**Row 1c missed**: luasocket opens a connection per call; on loopback that is cheap, so the gap to a "
+      .. "keep-alive client is small. Against a real portal (TLS, 10-100 ms away) keep-alive is worth one "
+      .. "TCP+TLS handshake per call, several times more than here.")
+    say("")
+  end
+
+  local f2 = facts["2"]
+  if missed["2"] and f2 then
+    local walk = f2.core - f2.cjson
+    say("**Row 2 missed: the integer walk.** cjson.decode %.1f ms, core.decode (cjson + the walk that turns "
+      .. "integral floats into Lua integers) %.1f ms, the client over HTTP %.1f ms. The walk is %.1f ms "
+      .. "(%.0f%% of cjson's time), the transfer and the rest %.1f ms. Debian's lua-cjson 2.1.0 pushes every "
+      .. "number as a float, so every row's CONTACT_ID, SORT and ROLE_ID is visited and written back. "
+      .. "What would close it: decode JSON in our own C parser (src/json.c has the encoder) that pushes "
+      .. "integer literals as integers, which removes the walk entirely and also skips cjson's strtod for "
+      .. "integers; the result would be the same tables (cjson.null for null, the same nesting limit). "
+      .. "Profile (perf): cjson's own scanning and table building dominate the rest.",
+      f2.cjson * 1e3, f2.core * 1e3, f2.client * 1e3, walk * 1e3, walk / f2.cjson * 100, (f2.client - f2.core) * 1e3)
+    say("")
+  end
+
+  if missed["3a"] or missed["3b"] then
+    say("**Row 3 missed**: see bench/budget.lua's output in the details. The client keeps one unit of the "
+      .. "bucket spare (the portal sees requests a little later than they are sent), so its floor is "
+      .. "(requests - burst + 1) / rate, 2%% above the theoretical minimum for 5,000 leads; more than that is "
+      .. "the machine's scheduling.")
+    say("")
+  end
+  if missed["4a"] or missed["4b"] then
+    say("**Row 4 missed**: memory grows with the number of calls or rows; that is a leak or a list held in "
+      .. "memory, to be found with spec/leakcheck.lua / valgrind (make test-valgrind).")
+    say("")
+  end
+  if missed["5"] then
+    say("**Row 5 missed**: the client location costs more than twice a proxy_pass of the same request.")
+    say("")
+  end
+  say("Row 5's location creates a client per request (as the README's example does; that is cheap, "
+    .. "connections live in nginx's pool), calls the fake portal through the cosocket transport "
+    .. "(lua/bitrix24/transport/nginx.lua) with `rate_limit = false`, and answers the rows re-encoded as "
+    .. "JSON; the proxy_pass location sends the same POST through an upstream with keep-alive (as the "
+    .. "transport pools its connections) and streams the portal's answer back untouched. The extra time is "
+    .. "the HTTP exchange in Lua (header parsing in ngx_lua), the envelope decode and the re-encoding.")
+  for id, text in pairs(failures) do
+    say("")
+    say("**Row %s failed to run.** %s", id, text)
+  end
+  return table.concat(out, "\n") .. "\n"
+end

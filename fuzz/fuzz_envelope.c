@@ -1,0 +1,67 @@
+/* libFuzzer target: b24_envelope_push (src/envelope.c), the decoding of
+ * every HTTP answer: cjson's decode, the integer walk, and the envelope
+ * checks, with any status and any body.
+ *
+ * Input: an optional status line "NNN\n" (default 200), then the body.
+ * Checks: it returns either (envelope, status) with a result, or
+ * (nil, code, description, status, envelope-or-nil), never raises, and
+ * every integral number of the envelope is a Lua integer. */
+#include "common.h"
+#include "envelope.h"
+
+static lua_State *L;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    L = b24_fuzz_state();
+    b24_fuzz_push_cjson_decode(L); /* stack index 1 */
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    static unsigned runs;
+    long status = 200;
+    int top = lua_gettop(L), n, base;
+    const char *body = (const char *)data;
+
+    if (size >= 4 && data[3] == '\n' && data[0] >= '0' && data[0] <= '9' &&
+        data[1] >= '0' && data[1] <= '9' && data[2] >= '0' && data[2] <= '9') {
+        status = (data[0] - '0') * 100 + (data[1] - '0') * 10 + (data[2] - '0');
+        body += 4;
+        size -= 4;
+    }
+    n = b24_envelope_push(L, 1, status, body, size);
+    base = lua_gettop(L) - n + 1;
+    if (base <= top)
+        abort();
+    if (n == 2) {
+        if (lua_type(L, base) != LUA_TTABLE || !lua_isinteger(L, base + 1) ||
+            lua_tointeger(L, base + 1) != status || status < 200 || status > 299)
+            abort();
+        lua_getfield(L, base, "result");
+        if (lua_isnil(L, -1))
+            abort();
+        lua_pop(L, 1);
+        b24_fuzz_check_normalized(L, base, 0);
+    } else if (n == 5) {
+        if (!lua_isnil(L, base) || lua_type(L, base + 1) != LUA_TSTRING ||
+            lua_type(L, base + 2) != LUA_TSTRING ||
+            !lua_isinteger(L, base + 3) || lua_tointeger(L, base + 3) != status ||
+            !(lua_isnil(L, base + 4) || lua_type(L, base + 4) == LUA_TTABLE))
+            abort();
+        if (lua_type(L, base + 4) == LUA_TTABLE)
+            b24_fuzz_check_normalized(L, base + 4, 0);
+    } else {
+        abort();
+    }
+    lua_settop(L, top);
+    if (++runs % 256 == 0)
+        lua_gc(L, LUA_GCCOLLECT, 0);
+    return 0;
+}
