@@ -85,9 +85,10 @@ install: build
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/b24
 	install -m 755 bin/b24-fake-portal $(DESTDIR)$(PREFIX)/bin/
 
-# Installs what is missing, with sudo when not root; nothing when all is there.
-deps:
-	@missing=""; for p in $(DEB_PACKAGES); do \
+# Installs the Debian packages of $(1) that are missing, with sudo when not
+# root; does nothing when all are there.
+define apt_install
+	@missing=""; for p in $(1); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' \
 			|| missing="$$missing $$p"; \
 	done; \
@@ -97,6 +98,10 @@ deps:
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(DEB_PACKAGES))
 
 # Every installed Lua of LUA_VERSIONS, or LUA_VERSION alone when it was
 # given; spec/run-all prints each version's count, then the sum.
@@ -137,16 +142,7 @@ BENCH_LOOP := build/bench/curl_loop
 .PHONY: bench bench-smoke bench-deps bench-build
 
 bench-deps: deps
-	@missing=""; for p in $(BENCH_DEBS); do \
-		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' \
-			|| missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
-	fi
+	$(call apt_install,$(BENCH_DEBS))
 
 $(BENCH_LOOP): bench/curl_loop.c
 	@mkdir -p $(dir $@)
@@ -174,6 +170,9 @@ bench-smoke: bench-deps bench-build
 #                             (default 60); fails on any crash (see fuzz/README.md)
 # Each ends with one line "<target>: N passed, N failed" (see spec/run-robust).
 
+# clang with its sanitizer and libFuzzer runtimes, the analyzers, valgrind.
+ROBUST_DEBS := clang libclang-rt-14-dev cppcheck clang-tidy valgrind
+
 LINT_CCS := gcc clang
 LINT_WARNINGS := $(WARNINGS) -Werror
 CPPCHECK_FLAGS := --enable=warning,style,performance,portability --std=c99 --force \
@@ -182,9 +181,12 @@ FUZZ_SECONDS ?= 60
 ASAN_BUILD := build/asan-5.4
 ASAN_FLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
-.PHONY: lint lint-cc lint-cppcheck lint-tidy test-asan build-asan test-valgrind fuzz
+.PHONY: robust-deps lint lint-cc lint-cppcheck lint-tidy test-asan build-asan test-valgrind fuzz
 
-lint: lint-cc lint-cppcheck lint-tidy
+robust-deps: deps
+	$(call apt_install,$(ROBUST_DEBS))
+
+lint: robust-deps lint-cc lint-cppcheck lint-tidy
 	@echo "lint: 3 passed, 0 failed"
 
 lint-cc:
@@ -228,13 +230,13 @@ $(ASAN_BUILD)/lua: spec/lua_host.c
 build-asan: $(ASAN_BUILD)/bitrix24/core.so $(ASAN_BUILD)/lua
 
 # build/5.4 too: specs that start the CLI in a child process use it.
-test-asan: deps build-asan
+test-asan: robust-deps build-asan
 	@$(MAKE) -s --no-print-directory build LUA_VERSION=5.4
 	@ASAN_BUILD="$(ASAN_BUILD)" sh spec/run-robust asan
 
-test-valgrind: deps
+test-valgrind: robust-deps
 	@$(MAKE) -s --no-print-directory build LUA_VERSION=5.4
 	@sh spec/run-robust valgrind
 
-fuzz:
+fuzz: robust-deps
 	@FUZZ_SECONDS="$(FUZZ_SECONDS)" sh fuzz/run
