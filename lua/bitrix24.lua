@@ -228,8 +228,9 @@ local function perform(self, method, body, safe)
   local a, http, opts, lim, env = self._auth, self._http, self._opts, self._limiter, self._env
   local url, redirects, refreshed, tries = a.base .. method, 0, false, 0
   local deadline = env.now() + lim.deadline
+  local key = methods.check_name(method, 1)   -- checked already: the lower-case name
   while true do
-    local ok, c, d = lim:acquire(method, deadline)
+    local ok, c, d = lim:acquire(key, deadline)
     if not ok then return nil, final_error(a, method, c, d, nil, nil, math.max(tries, 1)) end
     tries = tries + 1
     local token = a.access_token
@@ -246,7 +247,7 @@ local function perform(self, method, body, safe)
       }
     end
     if result then
-      lim:observe(method, result)
+      lim:observe(key, result)
       return result
     end
     local retry
@@ -261,7 +262,7 @@ local function perform(self, method, body, safe)
     else
       retry = tries < lim.tries and lim:should_retry(code, status, safe)
       local now = env.now()
-      local wait = retry == "operating" and lim:blocked_for(method, now, tries) or retry and lim:backoff(tries)
+      local wait = retry == "operating" and lim:blocked_for(key, now, tries) or retry and lim:backoff(tries)
       if retry == "operating" and (wait > lim.max_wait or now + wait > deadline) then
         description = string.format("%s; %s unblocks at %s (in %.0f s)", description, method,
           os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(now + wait)), wait)

@@ -173,7 +173,7 @@ end
 -- wait past max_wait or the deadline.
 function Limiter:acquire(method, deadline)
   local now = self.now()
-  local op = self.operating[method:lower()]
+  local op = self.operating[method]
   if op and op.used >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
     -- Close to the method's time budget: let the oldest minute expire
     -- first (operating_reset_at is in whole seconds, hence the 1).
@@ -201,7 +201,12 @@ end
 function Limiter:observe(method, env)
   local t = type(env) == "table" and env.time
   if type(t) ~= "table" or type(t.operating) ~= "number" then return end
-  self.operating[method:lower()] = { used = t.operating, reset_at = tonumber(t.operating_reset_at) }
+  local op = self.operating[method]
+  if not op then
+    op = {}
+    self.operating[method] = op
+  end
+  op.used, op.reset_at = t.operating, tonumber(t.operating_reset_at)
 end
 
 -- Reads never change the portal, so a read whose answer was lost can be
@@ -233,7 +238,7 @@ end
 -- until the reset time the last answer gave, or, when that has passed or
 -- no answer gave one, the next backoff step.
 function Limiter:blocked_for(method, now, try)
-  local op = self.operating[method:lower()]
+  local op = self.operating[method]
   if op and op.reset_at and op.reset_at + 1 > now then return op.reset_at + 1 - now end
   return self:backoff(try)
 end

@@ -136,14 +136,26 @@ check["crm.lead.contact.items.set"] = function(method, params, level)
   return changed and with(params, "items", out) or params
 end
 
+-- Names already checked -> their lower case (Bitrix24 ignores case), so a
+-- loop of calls does not match patterns and lower strings each time. A
+-- program inventing names without end only empties it now and then.
+local names, named = {}, 0
+
 -- A REST method name: letters, digits, "_" and single dots between them.
--- Anything else could change the URL the call goes to.
+-- Anything else could change the URL the call goes to. Returns the name
+-- in lower case.
 function M.check_name(method, level)
+  local lower = names[method]
+  if lower then return lower end
   if type(method) ~= "string" or not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
       or method:find("..", 1, true) then
     errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s",
       type(method) == "string" and quote(method) or type(method))
   end
+  if named >= 1000 then names, named = {}, 0 end
+  lower = method:lower()
+  names[method], named = lower, named + 1
+  return lower
 end
 
 -- Returns the params to send (the caller's table, or a converted copy).
@@ -151,7 +163,7 @@ end
 -- refs: allow batch references in place of values.
 function M.validate(method, params, level, refs)
   refs_allowed = refs or false
-  local f = check[method:lower()]
+  local f = check[names[method] or method:lower()]
   if not f then return params end
   -- Not a tail call: it would remove a frame and shift the blamed level.
   local checked = f(method, params, level + 1)
@@ -159,7 +171,7 @@ function M.validate(method, params, level, refs)
 end
 
 function M.known(method)
-  return check[method:lower()] ~= nil
+  return check[names[method] or method:lower()] ~= nil
 end
 
 return M
