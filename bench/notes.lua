@@ -49,9 +49,8 @@ return function(rows, facts, failures, smoke)
       .. "loopback would need the client's own work under ~1.5 us a call, which means not decoding at "
       .. "all, and a REST client has to decode. Smaller steps that would help: a decoder that produces Lua "
       .. "integers directly, with no walk over the tree (about 1 us here, more on large answers, see row "
-      .. "2), and caching per method in the Lua layer what is now recomputed on every call "
-      .. "(`method:lower()` in the limiter's acquire and observe, a fresh table per observe, the "
-      .. "method-name pattern checks). wrk is a hand-tuned C load generator with no per-request library "
+      .. "2); the Lua layer already checks each method name once and reuses its per-method records. "
+      .. "wrk is a hand-tuned C load generator with no per-request library "
       .. "overhead; libcurl alone stays well below it (the C loop's own ratio to wrk is in the details), so "
       .. "0.6 of wrk holds only while the machine is quiet.")
     say("")
