@@ -10,13 +10,13 @@
  *
  * Tables with keys 1..n are arrays, other tables objects; an empty table
  * is [] inside and {} at the top, where Bitrix24 expects an object. */
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "buffer.h"
 #include "compat.h"
 #include "json.h"
+#include "values.h"
 
 #define MAX_DEPTH 32
 
@@ -109,47 +109,10 @@ static void add_string(lua_State *L, bufs *b, const char *s, size_t n)
 static void add_number(lua_State *L, bufs *b, int idx)
 {
     char num[64];
-    int n;
-    lua_Number x;
-#if B24_HAS_INTEGERS
-    if (lua_isinteger(L, idx)) {
-        n = snprintf(num, sizeof num, "%lld", (long long)lua_tointeger(L, idx));
-        add(L, &b->out, num, (size_t)n);
-        return;
-    }
-#endif
-    x = lua_tonumber(L, idx);
-    if (x != x || x == HUGE_VAL || x == -HUGE_VAL)
+    size_t n = b24_format_number(L, idx, num, sizeof num);
+    if (!n)
         fail(L, b, "a NaN or infinite number");
-    if (x == floor(x) && fabs(x) < 9007199254740992.0)
-        n = snprintf(num, sizeof num, "%.0f", (double)x);
-    else
-        n = snprintf(num, sizeof num, "%.17g", (double)x);
-    add(L, &b->out, num, (size_t)n);
-}
-
-/* Keys exactly 1..n: n distinct whole numbers within [1, n]. The count
- * alone is not enough, since # may stop at any border: {1, 2, nil, 4,
- * [0] = 0} has 4 keys and a length of 4 but no [3]. */
-static int is_sequence(lua_State *L, int t)
-{
-    size_t n = b24_rawlen(L, t), count = 0;
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_Number k;
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TNUMBER) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        k = lua_tonumber(L, -1);
-        if (!(k >= 1 && k <= (lua_Number)n && k == floor(k))) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        count++;
-    }
-    return count == n;
+    add(L, &b->out, num, n);
 }
 
 static void encode_value(lua_State *L, bufs *b, int depth);
@@ -182,7 +145,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         fail(L, b, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 6))
         fail(L, b, "a table nested too deep");
-    if (is_sequence(L, t) && (b24_rawlen(L, t) > 0 || depth > 0)) {
+    if (b24_is_sequence(L, t) && (b24_rawlen(L, t) > 0 || depth > 0)) {
         size_t i, n = b24_rawlen(L, t);
         add(L, &b->out, "[", 1);
         for (i = 1; i <= n; i++) {

@@ -12,13 +12,13 @@
  * The output grows in buffers owned by a userdata (buffer.h), so
  * luaL_error can be raised anywhere (a function in the params, a cycle)
  * without a leak. */
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "buffer.h"
 #include "compat.h"
 #include "query.h"
+#include "values.h"
 
 #define MAX_DEPTH 32
 
@@ -90,47 +90,13 @@ static int fail(lua_State *L, bufs *b, const char *what)
                       b->key.len ? b->key.p : "the top level");
 }
 
-/* Formats the number at idx: integers without a fraction, others with
- * enough digits to round-trip. */
 static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
                             size_t size)
 {
-    lua_Number n;
-#if B24_HAS_INTEGERS
-    if (lua_isinteger(L, idx))
-        return (size_t)snprintf(out, size, "%lld",
-                                (long long)lua_tointeger(L, idx));
-#endif
-    n = lua_tonumber(L, idx);
-    if (n != n || n == HUGE_VAL || n == -HUGE_VAL)
+    size_t n = b24_format_number(L, idx, out, size);
+    if (!n)
         fail(L, b, "a NaN or infinite number");
-    if (n == floor(n) && fabs(n) < 1e15)
-        return (size_t)snprintf(out, size, "%.0f", (double)n);
-    return (size_t)snprintf(out, size, "%.17g", (double)n);
-}
-
-/* Keys exactly 1..n: n distinct whole numbers within [1, n]. The count
- * alone is not enough, since # may stop at any border: {1, 2, nil, 4,
- * [0] = 0} has 4 keys and a length of 4 but no [3]. */
-static int is_sequence(lua_State *L, int t)
-{
-    size_t n = b24_rawlen(L, t), count = 0;
-    lua_pushnil(L);
-    while (lua_next(L, t)) {
-        lua_Number k;
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TNUMBER) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        k = lua_tonumber(L, -1);
-        if (!(k >= 1 && k <= (lua_Number)n && k == floor(k))) {
-            lua_pop(L, 1);
-            return 0;
-        }
-        count++;
-    }
-    return count == n;
+    return n;
 }
 
 static void encode_value(lua_State *L, bufs *b, int depth);
@@ -223,7 +189,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         fail(L, b, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 8))
         fail(L, b, "a table nested too deep");
-    if (is_sequence(L, t)) {
+    if (b24_is_sequence(L, t)) {
         size_t i, n = b24_rawlen(L, t);
         char num[64];
         for (i = 1; i <= n; i++) {

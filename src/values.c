@@ -1,0 +1,51 @@
+/* Reading Lua values the same way in both encoders (see values.h). */
+#include <math.h>
+#include <stdio.h>
+
+#include "compat.h"
+#include "values.h"
+
+/* Keys exactly 1..n: n distinct whole numbers within [1, n]. The count
+ * alone is not enough, since # may stop at any border: {1, 2, nil, 4,
+ * [0] = 0} has 4 keys and a length of 4 but no [3]. */
+int b24_is_sequence(lua_State *L, int t)
+{
+    size_t n = b24_rawlen(L, t), count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_Number k;
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TNUMBER) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        k = lua_tonumber(L, -1);
+        if (!(k >= 1 && k <= (lua_Number)n && k == floor(k))) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        count++;
+    }
+    return count == n;
+}
+
+size_t b24_format_number(lua_State *L, int idx, char *out, size_t size)
+{
+    lua_Number x;
+    int n;
+#if B24_HAS_INTEGERS
+    if (lua_isinteger(L, idx)) {
+        n = snprintf(out, size, "%lld", (long long)lua_tointeger(L, idx));
+        return (size_t)n;
+    }
+#endif
+    x = lua_tonumber(L, idx);
+    if (x != x || x == HUGE_VAL || x == -HUGE_VAL)
+        return 0;
+    /* Whole numbers that a double holds exactly print as integers. */
+    if (x == floor(x) && fabs(x) < 9007199254740992.0)
+        n = snprintf(out, size, "%.0f", (double)x);
+    else
+        n = snprintf(out, size, "%.17g", (double)x);
+    return (size_t)n;
+}
