@@ -32,6 +32,7 @@ build = {
     ["bitrix24.cli"] = "lua/bitrix24/cli.lua",
     ["bitrix24.auth"] = "lua/bitrix24/auth.lua",
     ["bitrix24.limiter"] = "lua/bitrix24/limiter.lua",
+    ["bitrix24.shared_dict"] = "lua/bitrix24/shared_dict.lua",
     ["bitrix24.transport.nginx"] = "lua/bitrix24/transport/nginx.lua",
     ["bitrix24.fake.portal"] = "lua/bitrix24/fake/portal.lua",
     ["bitrix24.fake.json"] = "lua/bitrix24/fake/json.lua",

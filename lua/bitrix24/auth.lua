@@ -11,6 +11,7 @@
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
+local shared_dict = require "bitrix24.shared_dict"
 
 local json = cjson.new()
 
@@ -245,14 +246,7 @@ end
 --- between them. dict: ngx.shared.NAME or NAME; key names the token set
 --- (several apps can share a dict).
 function M.shared_dict_store(dict, key)
-  local ngx = rawget(_G, "ngx")
-  if type(dict) == "string" then
-    dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared[dict] or nil
-    if not dict then errors.raise(1, "shared_dict_store: no lua_shared_dict of that name") end
-  end
-  if (type(dict) ~= "table" and type(dict) ~= "userdata") or type(dict.add) ~= "function" then
-    errors.raise(1, "shared_dict_store: dict must be an ngx.shared dictionary or its name")
-  end
+  dict = shared_dict.resolve(dict, "shared_dict_store", 1)
   local name = "bitrix24:tokens:" .. tostring(key or "default")
   return {
     load = function()
@@ -264,17 +258,9 @@ function M.shared_dict_store(dict, key)
       return dict:set(name, json.encode(tokens))
     end,
     -- Held across the token request, so it expires after 30 s in case the
-    -- worker holding it dies; waiting yields to the worker's other requests.
+    -- worker holding it dies.
     lock = function()
-      local waited = 0
-      while true do
-        local ok, err = dict:add(name .. ":lock", true, 30)
-        if ok then return function() dict:delete(name .. ":lock") end end
-        if err ~= "exists" then return nil, err end
-        if waited >= 30 then return nil, "the token lock stayed busy for 30 s" end
-        ngx.sleep(0.005)
-        waited = waited + 0.005
-      end
+      return shared_dict.lock(dict, name .. ":lock", 30, 30, 0.005)
     end,
   }
 end

@@ -16,6 +16,7 @@
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
+local shared_dict = require "bitrix24.shared_dict"
 
 local json = cjson.new()
 
@@ -79,44 +80,25 @@ end
 --- A budget in an nginx lua_shared_dict, shared by every worker (each
 --- worker is its own process; an in-memory budget would let N workers
 --- spend N times the portal's budget). dict: ngx.shared.NAME or NAME.
----
---- Shared dicts have atomic single operations but no transactions, so
---- each update holds a short lock: a key created with add() (which fails
---- when the key exists) and deleted afterwards. fn does not yield, so the
---- lock is held for microseconds; its expiry only matters if a worker
---- died holding it. Waiting for it uses ngx.sleep, which yields.
+--- fn does not yield, so the lock is held for microseconds.
 local LOCK_TTL = 1        -- seconds before a lock left by a dead worker expires
 local LOCK_WAIT = 5       -- seconds to wait for the lock before giving up
 local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
 
 function M.shared_dict_budget(dict)
-  local ngx = rawget(_G, "ngx")
-  if type(dict) == "string" then
-    dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared[dict] or nil
-    if not dict then errors.raise(1, "shared_dict_budget: no lua_shared_dict of that name") end
-  end
-  if (type(dict) ~= "table" and type(dict) ~= "userdata") or type(dict.add) ~= "function" then
-    errors.raise(1, "shared_dict_budget: dict must be an ngx.shared dictionary or its name")
-  end
+  dict = shared_dict.resolve(dict, "shared_dict_budget", 1)
   return {
     dict = dict,
     update = function(_, key, fn)
-      local lock_key, state_key = "bitrix24:lock:" .. key, "bitrix24:budget:" .. key
-      local waited = 0
-      while true do
-        local ok, err = dict:add(lock_key, true, LOCK_TTL)
-        if ok then break end
-        if err ~= "exists" then return nil, "shared dict: " .. tostring(err) end
-        if waited >= LOCK_WAIT then return nil, "shared dict: the budget lock stayed busy for " .. LOCK_WAIT .. " s" end
-        ngx.sleep(LOCK_POLL)
-        waited = waited + LOCK_POLL
-      end
+      local state_key = "bitrix24:budget:" .. key
+      local unlock, lerr = shared_dict.lock(dict, "bitrix24:lock:" .. key, LOCK_TTL, LOCK_WAIT, LOCK_POLL)
+      if not unlock then return nil, lerr end
       local raw = dict:get(state_key)
       local state = type(raw) == "string" and core.json_decode(raw)
       local ok, new_state, result = pcall(fn, type(state) == "table" and state or {})
       local saved, err = true, nil
       if ok then saved, err = dict:set(state_key, json.encode(new_state)) end
-      dict:delete(lock_key)
+      unlock()
       if not ok then error(new_state, 0) end
       if not saved then return nil, "shared dict: " .. tostring(err) end
       return result
