@@ -119,6 +119,51 @@ describe("client:each", function()
     assert.equal(10, n)
   end)
 
+  -- A page of `n` rows with the given next and total, as a canned answer.
+  local function page(n, next_, total)
+    local rows = {}
+    for i = 1, n do rows[i] = string.format('{"ID":"%d"}', i) end
+    return string.format('{"result":[%s],"next":%d,"total":%d,"time":{}}', table.concat(rows, ","), next_, total)
+  end
+
+  -- Runs the loop for at most `cap` steps: a loop that never ends fails here.
+  local function bounded(params, cap)
+    local rows, errs, steps = 0, {}, 0
+    for row, err in client:each("crm.lead.list", params) do
+      steps = steps + 1
+      if steps > cap then break end
+      if row then rows = rows + 1 else errs[#errs + 1] = err end
+    end
+    return rows, errs, steps
+  end
+
+  it("ends with BAD_RESPONSE when next does not advance", function()
+    portal:fault { method = "crm.lead.list", kind = "canned", status = 200, body = page(50, 50, 1000) }
+    local rows, errs, steps = bounded({}, 1000)
+    assert.is_true(steps <= 1000, "the loop did not end")
+    assert.equal(50, rows)
+    assert.equal(1, #errs)
+    assert.equal("BAD_RESPONSE", errs[1].code)
+    assert.matches("next", errs[1].description)
+    assert.equal(2, #portal:requests())
+  end)
+
+  it("ends with BAD_RESPONSE when next goes back", function()
+    portal:fault { method = "crm.lead.list", kind = "canned", status = 200, body = page(50, 50, 1000) }
+    local rows, errs = bounded({ start = 100 }, 1000)
+    assert.equal(0, rows)
+    assert.equal("BAD_RESPONSE", errs[1] and errs[1].code)
+  end)
+
+  it("ends with BAD_RESPONSE when the rows outnumber total", function()
+    portal:fault { method = "crm.lead.list", kind = "canned", status = 200, body = page(50, 50, 20) }
+    local rows, errs = bounded({}, 1000)
+    assert.equal(0, rows)
+    assert.equal(1, #errs)
+    assert.equal("BAD_RESPONSE", errs[1].code)
+    assert.matches("total", errs[1].description)
+  end)
+
   it("raises for bad arguments, and sends nothing", function()
     assert.has_error(function() client:each("crm/lead", {}) end)
     assert.has_error(function() client:each("crm.lead.list", 5) end)

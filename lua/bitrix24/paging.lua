@@ -86,6 +86,24 @@ function Pager:next_params(env, rows)
   return p
 end
 
+-- Why a page in normal mode cannot be trusted, or nil. A server whose
+-- next does not move past the page it answered (or that sends more rows
+-- than its own total) would keep the loop going forever.
+function Pager:distrust(page_params, env, rows)
+  if self.fast then return nil end
+  local total = tonumber(env.total)
+  if total and self.count + #rows > total then
+    return string.format("the server sent %d rows but its total is %d", self.count + #rows, total)
+  end
+  if env.next ~= nil then
+    local start, next_ = tonumber(page_params.start) or 0, tonumber(env.next)
+    if not next_ or next_ <= start then
+      return string.format("next = %s does not advance past start = %s", tostring(env.next), tostring(start))
+    end
+  end
+  return nil
+end
+
 -- fetch(params) -> envelope | nil, err. The iterator returns each row;
 -- on a failure it returns false, err once, then ends.
 function Pager:iterator(fetch)
@@ -106,6 +124,11 @@ function Pager:iterator(fetch)
         return false, err
       end
       rows, i = rows_of(env.result), 1
+      local why = self:distrust(p, env, rows)
+      if why then
+        finished = true
+        return false, errors.new { code = "BAD_RESPONSE", method = self.method, description = why }
+      end
       if self.fast and rows[#rows] ~= nil then
         local last = tonumber(rows[#rows][self.id_key])
         if not last or (self.last_id and last <= self.last_id) then
