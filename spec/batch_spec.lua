@@ -176,7 +176,7 @@ describe("client:batch", function()
       { "fb24-batch-all-errors-list-shaped.json", { "0", "1" } },
       { "fb24-batch-one-error.json", { "0" } },
       { "fb24-batch-crm-list-empty-result.json", { "order0000000000" } },
-      { "fb24-batch-catalog-document-element-list-last-page.json", { "cmd0" } },
+      { "fb24-batch-catalog-document-element-list-last-page.json", { "cmd0000000000" } },
       { "fb24-batch-crm-lead-get-mixed-success-errors-trimmed.json", { "0", "1", "35943" } },
     } do
       local body = support.read_file(REAL .. case[1])
@@ -202,6 +202,24 @@ describe("client:batch", function()
         if want_result == nil and want_error == nil then assert.is_nil(results[key]) end
       end
     end
+  end)
+
+  it("fails with BAD_RESPONSE naming the commands the answer left out", function()
+    portal:fault { method = "batch", kind = "canned", status = 200, times = 1,
+      body = '{"result":{"result":{},"result_error":[]}}' }
+    local results, err = client:batch(many(3))
+    assert.is_nil(results)
+    assert.equal("BAD_RESPONSE", err.code)
+    assert.matches("c1, c2, c3", err.description, 1, true)
+    assert.same({ "c1", "c2", "c3" }, err.missing)
+    portal:fault { method = "batch", kind = "canned", status = 200, times = 1,
+      body = '{"result":{"result":{"c1":[]},"result_error":{"c3":{"error":"X","error_description":"x"}}}}' }
+    results, err = client:batch(many(3))
+    assert.is_nil(results)
+    assert.equal("BAD_RESPONSE", err.code)
+    assert.same({ "c2" }, err.missing)
+    assert.same({}, err.partial.c1.result)
+    assert.equal("X", err.partial.c3.error.code)
   end)
 
   it("returns nil, err when the whole request fails", function()
@@ -298,6 +316,16 @@ describe("client:lead_contacts", function()
     portal:reset()
     rows = assert(client:lead_contacts(ids, { progress = function(d, t) seen[#seen + 1] = d .. "/" .. t end }))
     assert.same({ "50/60", "60/60" }, seen)
+  end)
+
+  it("fails with BAD_RESPONSE when the answer leaves leads out", function()
+    portal:fault { method = "batch", kind = "canned", status = 200, times = 1,
+      body = '{"result":{"result":{"2":[]},"result_error":[]}}' }
+    local rows, err = client:lead_contacts { 1, 2, 3 }
+    assert.is_nil(rows)
+    assert.equal("BAD_RESPONSE", err.code)
+    assert.matches("1, 3", err.description, 1, true)
+    assert.same({ rows = { [2] = {} }, errors = {} }, err.partial)
   end)
 
   it("raises for ids that are not positive integers, and sends nothing", function()

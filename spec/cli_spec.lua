@@ -143,6 +143,16 @@ describe("b24", function()
     assert.not_matches("%[#", err)
   end)
 
+  it("exits 1 when the answer leaves leads out", function()
+    portal:fault { method = "batch", kind = "canned", status = 200, times = 1,
+      body = '{"result":{"result":{},"result_error":[]}}' }
+    local out, err, status = b24("--lead-contacts 1,2,3")
+    assert.equal(1, status)
+    assert.equal("", out)
+    assert.matches("BAD_RESPONSE", err)
+    no_secret(out, err)
+  end)
+
   it("draws a progress bar when stderr is a terminal", function()
     local cmd = "BITRIX24_WEBHOOK_URL=" .. portal.webhook_url .. " LUA_VERSION=" .. support.LUA_VERSION
       .. " " .. support.LUA .. " " .. B24 .. " --lead-contacts 1,2,3,4,5,6 >/dev/null"

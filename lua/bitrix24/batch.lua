@@ -158,9 +158,10 @@ function M.run(plan, send, make_error)
     local r = env.result
     local res, errs = as_map(r.result), as_map(r.result_error)
     local totals, nexts, times = as_map(r.result_total), as_map(r.result_next), as_map(r.result_time)
-    local failed = false
+    local failed, missing = false, {}
     for _, key in ipairs(chunk) do
       local e = errs[key]
+      if res[key] == nil and e == nil then missing[#missing + 1] = key end
       if res[key] ~= nil or e ~= nil then
         local item = { result = res[key], total = totals[key], next = nexts[key], time = times[key] }
         if e ~= nil then
@@ -172,6 +173,15 @@ function M.run(plan, send, make_error)
         end
         results[key] = item
       end
+    end
+    -- Every command sent comes back as a result or an error, except those
+    -- a halted batch never ran (after its failed command): a command that
+    -- silently vanished would look like one that found nothing.
+    if #missing > 0 and not (plan.halt and failed) then
+      err = make_error("BAD_RESPONSE", "the batch answer has neither a result nor an error for "
+        .. table.concat(missing, ", "), "batch")
+      err.missing, err.partial = missing, results
+      return nil, err
     end
     done = done + #chunk
     if plan.progress then plan.progress(done, plan.total) end
