@@ -94,6 +94,25 @@ describe("b24", function()
     assert.equal(0, #portal:requests())
   end)
 
+  it("exits 2 with one line for a malformed BITRIX24_WEBHOOK_URL", function()
+    for _, url in ipairs { "not a url", "ftp://x/rest/1/abcdefsecret42/", "https://portal.example/abcdefsecret42" } do
+      local out, err, status = b24("crm.lead.contact.items.get id=1", { BITRIX24_WEBHOOK_URL = url })
+      assert.equal(2, status, err)
+      assert.equal("", out)
+      assert.matches("^b24: [^\n]*webhook URL[^\n]*\n$", err)
+      assert.is_nil(err:find("traceback", 1, true), err)
+      assert.is_nil(err:find("abcdefsecret42", 1, true), err)
+    end
+  end)
+
+  it("never echoes a webhook URL given as the method name", function()
+    local out, err, status = b24(portal.webhook_url .. "crm.lead.contact.items.get id=1")
+    assert.equal(2, status)
+    assert.matches("method must be", err)
+    no_secret(out, err)
+    assert.equal(0, #portal:requests())
+  end)
+
   it("says what to set when no credentials are given", function()
     local _, err, status = b24("crm.lead.contact.items.get id=1", { BITRIX24_WEBHOOK_URL = "" })
     assert.equal(2, status)

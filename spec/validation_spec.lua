@@ -43,6 +43,26 @@ describe("programmer errors", function()
     raises("method must be", function() client:call(nil, {}) end)
   end)
 
+  it("rejects a method name over 255 bytes, quoting only its start", function()
+    local long = "crm." .. string.rep("x", 1024 * 1024)
+    for _, f in ipairs {
+      function() client:call(long, {}) end,
+      function() client:each(long, {}) end,
+      function() client:batch { a = { long, {} } } end,
+    } do
+      local msg = raises("method must be at most 255 bytes, got 1048580 bytes", f)
+      assert.is_true(#msg < 300, "the message repeats the name: " .. #msg .. " bytes")
+    end
+    assert.has_no.errors(function() require("bitrix24.methods").check_name(string.rep("a", 255), 1) end)
+  end)
+
+  it("never quotes a bad method name past its first bad byte", function()
+    local msg = raises("method must be", function()
+      client:call("https://portal.example/rest/1/abcdefsecret42/crm.lead.list", {}) end)
+    assert.is_nil(msg:find("abcdefsecret42", 1, true), msg)
+    assert.matches('"https"', msg, 1, true)
+  end)
+
   it("rejects params that are not a table", function()
     raises("params must be a table or nil, got string", function() client:call(ITEMS_GET, "id=1") end)
     raises("params must be a table or nil, got number", function() client:call(ITEMS_GET, 1) end)

@@ -9,6 +9,7 @@
 
 local bitrix24 = require "bitrix24"
 local core = require "bitrix24.core"
+local errors = require "bitrix24.errors"
 local json = require "bitrix24.fake.json"
 
 local M = {}
@@ -205,7 +206,14 @@ function M.main(args, out, errout)
   local jobs = (method and 1 or 0) + (batch_file and 1 or 0) + (lead_ids and 1 or 0)
   if jobs ~= 1 then errout:write(USAGE); return 2 end
 
-  local client, err = bitrix24.from_env()
+  -- A malformed URL in the environment is a usage error (exit 2), said in
+  -- one line; the messages of bitrix24.webhook never quote the URL.
+  local made, client, err = pcall(bitrix24.from_env)
+  if not made then
+    local message = tostring(client):gsub("^.-:%d+: ", ""):gsub("^bitrix24: ", "")
+    errout:write("b24: ", message, " (in the environment)\n")
+    return 2
+  end
   if not client then errout:write("b24: ", tostring(err), "\n"); return 2 end
   local ok, status, result, meta
   if batch_file then
@@ -218,7 +226,9 @@ function M.main(args, out, errout)
   end
   client:close()
   if not ok then
-    errout:write("b24: ", (tostring(status):gsub("^.-:%d+: ", "")), "\n")
+    -- Raised messages do not quote secrets; redacting once more costs nothing.
+    local message = errors.redact(tostring(status):gsub("^.-:%d+: ", ""), client._auth.secrets)
+    errout:write("b24: ", message, "\n")
     return 2
   end
   if batch_file or lead_ids then return status end

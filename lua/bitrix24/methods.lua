@@ -141,16 +141,40 @@ end
 -- program inventing names without end only empties it now and then.
 local names, named = {}, 0
 
+-- Bitrix24's method names are a few dozen bytes; a longer one is a bug
+-- (or data passed in the wrong argument), not a method.
+M.MAX_NAME = 255
+local SHOWN = 40
+
+-- A bad name as an error may show it: only what comes before the first
+-- byte a name cannot hold, and at most SHOWN bytes. A webhook URL passed as
+-- the name then shows as "https", never with its secret code.
+local function shown_name(method)
+  local ok = method:match("^[%w_.]*")
+  local cut = method:sub(#ok + 1, #ok + 1)
+  local text = quote(ok:sub(1, SHOWN)) .. ((#ok > SHOWN or cut ~= "") and "..." or "")
+  if cut == "" then return text end
+  return string.format("%s (byte %d is %s)", text, #ok + 1,
+    cut:match("^[%w%p ]$") and quote(cut) or string.format("\\%d", cut:byte()))
+end
+
 -- A REST method name: letters, digits, "_" and single dots between them.
 -- Anything else could change the URL the call goes to. Returns the name
 -- in lower case.
 function M.check_name(method, level)
   local lower = names[method]
   if lower then return lower end
-  if type(method) ~= "string" or not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
+  if type(method) ~= "string" then
+    errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s", type(method))
+  end
+  if #method > M.MAX_NAME then
+    errors.raise(level, "method must be at most %d bytes, got %d bytes starting %s", M.MAX_NAME, #method,
+      quote(method:sub(1, SHOWN)))
+  end
+  if not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
       or method:find("..", 1, true) then
     errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s",
-      type(method) == "string" and quote(method) or type(method))
+      shown_name(method))
   end
   if named >= 1000 then names, named = {}, 0 end
   lower = method:lower()
