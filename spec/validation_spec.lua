@@ -63,6 +63,30 @@ describe("programmer errors", function()
     assert.matches('"https"', msg, 1, true)
   end)
 
+  it("refuses params whose reads differ from their raw keys (metatables), sending nothing", function()
+    local hidden = function(t) return setmetatable({}, { __index = t }) end
+    raises("params must be plain tables", function() client:call(ITEMS_GET, hidden { id = 5 }) end)
+    raises("params must be plain tables", function() client:call("crm.lead.contact.add",
+      { id = 1, fields = hidden { CONTACT_ID = 5, IS_PRIMARY = true } }) end)
+    raises("params must be plain tables", function() client:call("crm.lead.contact.items.set",
+      { id = 1, items = setmetatable({ { CONTACT_ID = 5, IS_PRIMARY = true } }, {}) }) end)
+    raises("metatable at filter", function() client:call("crm.lead.list", { filter = hidden { ID = 1 } }) end)
+    raises("metatable at filter", function() client:batch { a = { "crm.lead.list", { filter = hidden { ID = 1 } } } } end)
+    raises("metatable at filter", function() client:each("crm.lead.list", { filter = hidden { ID = 1 } }) end)
+    raises("metatable", function() client:batch { a = { ITEMS_GET, hidden { id = 5 } } } end)
+  end)
+
+  it("refuses a number key and a string key that would both be sent as one name", function()
+    raises('two keys written "1" at filter', function()
+      client:call("crm.lead.list", { filter = { [1] = "int", ["1"] = "str" } }) end)
+    raises('two keys written "1" at the top level', function()
+      client:call("crm.lead.list", { [1] = "int", ["1"] = "str" }) end)
+    raises('two keys written "2.5" at filter', function()
+      client:batch { a = { "crm.lead.list", { filter = { [2.5] = "n", ["2.5"] = "s" } } } } end)
+    raises('two keys written "1"', function()
+      client:batch { a = { "crm.lead.list", { filter = { [1] = "int", ["1"] = "str", x = 1 } } } } end)
+  end)
+
   it("rejects params that are not a table", function()
     raises("params must be a table or nil, got string", function() client:call(ITEMS_GET, "id=1") end)
     raises("params must be a table or nil, got number", function() client:call(ITEMS_GET, 1) end)

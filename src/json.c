@@ -136,6 +136,19 @@ static void push_path(lua_State *L, bufs *b, int array_index)
     }
 }
 
+/* Only plain tables are sent: the checks in Lua read through __index
+ * (and pairs through __pairs) while the encoder reads raw keys, so a
+ * metatable could make what was checked differ from what is sent. A key
+ * sent twice under one name is refused for the same reason. */
+static void check_plain(lua_State *L, bufs *b, int t)
+{
+    if (lua_getmetatable(L, t))
+        fail(L, b, "a table with a metatable");
+    if (b24_key_clash(L, t))
+        fail(L, b, lua_pushfstring(L, "two keys written \"%s\"",
+                                   lua_tostring(L, -1)));
+}
+
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
     int t = lua_gettop(L);
@@ -145,6 +158,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         fail(L, b, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 6))
         fail(L, b, "a table nested too deep");
+    check_plain(L, b, t);
     if (b24_is_sequence(L, t) && (b24_rawlen(L, t) > 0 || depth > 0)) {
         size_t i, n = b24_rawlen(L, t);
         add(L, &b->out, "[", 1);

@@ -122,7 +122,6 @@ typedef struct {
     const char *s;
     size_t len;
     int slot;
-    int is_number;
 } sort_key;
 
 static int compare_keys(const void *x, const void *y)
@@ -132,10 +131,9 @@ static int compare_keys(const void *x, const void *y)
     int c = memcmp(a->s, b->s, n);
     if (c)
         return c;
-    if (a->len != b->len)
-        return a->len < b->len ? -1 : 1;
-    /* "1" and 1 in one table: the string key first, always. */
-    return a->is_number - b->is_number;
+    if (a->len == b->len)
+        return 0; /* cannot happen: check_plain refused "1" beside 1 */
+    return a->len < b->len ? -1 : 1;
 }
 
 /* The table's keys sorted as text, so equal params always encode the
@@ -159,8 +157,7 @@ static sort_key *sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
     while (lua_next(L, t)) {
         int slot;
         lua_pop(L, 1);
-        keys[i].is_number = lua_type(L, -1) == LUA_TNUMBER;
-        if (keys[i].is_number) {
+        if (lua_type(L, -1) == LUA_TNUMBER) {
             size_t len = format_number(L, b, -1, num, sizeof num);
             lua_pushlstring(L, num, len);
         } else if (lua_type(L, -1) == LUA_TSTRING) {
@@ -181,6 +178,19 @@ static sort_key *sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
     return keys;
 }
 
+/* Only plain tables are sent: the checks in Lua read through __index
+ * (and pairs through __pairs) while the encoder reads raw keys, so a
+ * metatable could make what was checked differ from what is sent. A key
+ * sent twice under one name is refused for the same reason. */
+static void check_plain(lua_State *L, bufs *b, int t)
+{
+    if (lua_getmetatable(L, t))
+        fail(L, b, "a table with a metatable");
+    if (b24_key_clash(L, t))
+        fail(L, b, lua_pushfstring(L, "two keys written \"%s\"",
+                                   lua_tostring(L, -1)));
+}
+
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
     int t = lua_gettop(L);
@@ -189,6 +199,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         fail(L, b, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 8))
         fail(L, b, "a table nested too deep");
+    check_plain(L, b, t);
     if (b24_is_sequence(L, t)) {
         size_t i, n = b24_rawlen(L, t);
         char num[64];

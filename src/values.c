@@ -49,3 +49,26 @@ size_t b24_format_number(lua_State *L, int idx, char *out, size_t size)
         n = snprintf(out, size, "%.17g", (double)x);
     return (size_t)n;
 }
+
+int b24_key_clash(lua_State *L, int t)
+{
+    char num[64];
+    lua_pushnil(L);
+    while (lua_next(L, t)) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TNUMBER) {
+            size_t n = b24_format_number(L, -1, num, sizeof num);
+            if (n) {
+                lua_pushlstring(L, num, n);
+                lua_rawget(L, t);
+                if (!lua_isnil(L, -1)) {
+                    lua_pop(L, 2);
+                    lua_pushlstring(L, num, n);
+                    return 1;
+                }
+                lua_pop(L, 1);
+            }
+        }
+    }
+    return 0;
+}

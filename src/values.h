@@ -14,4 +14,10 @@ int b24_is_sequence(lua_State *L, int t);
  * JSON nor PHP can take. */
 size_t b24_format_number(lua_State *L, int idx, char *out, size_t size);
 
+/* Whether the table at t holds a number key whose text, as the encoders
+ * write it, is also one of its string keys: {[1] = "a", ["1"] = "b"}
+ * would send the name "1" twice. On a clash, pushes that text and
+ * returns 1; otherwise pushes nothing and returns 0. */
+int b24_key_clash(lua_State *L, int t);
+
 #endif

@@ -18,6 +18,17 @@ local function describe(v)
   return tostring(v) .. " (" .. type(v) .. ")"
 end
 
+-- The checks below read through __index, and their copies through pairs
+-- (__pairs), while the encoders read raw keys: a table with a metatable
+-- could pass a check and be sent as something else. The encoders refuse
+-- such tables anywhere; the tables read here are refused before reading,
+-- because a converted copy would no longer carry the metatable.
+local function plain(method, name, t, level)
+  if type(t) == "table" and getmetatable(t) ~= nil then
+    errors.raise(level, "%s: %s has a metatable; params must be plain tables", method, name)
+  end
+end
+
 -- Batch commands may hold references to earlier results
 -- ($result[cmd][0][ID]) wherever a value goes; the server fills them in.
 -- Set by validate for each check.
@@ -60,6 +71,7 @@ local function check_binding(method, name, b, level)
   if type(b) ~= "table" then
     errors.raise(level, "%s: %s must be a table, got %s", method, name, describe(b))
   end
+  plain(method, name, b, level + 1)
   check_positive(method, name .. ".CONTACT_ID", b.CONTACT_ID, level + 1)
   if b.SORT ~= nil and not integer_value(b.SORT) then
     errors.raise(level, "%s: %s.SORT must be an integer, got %s",
@@ -124,6 +136,7 @@ end
 check["crm.lead.contact.items.set"] = function(method, params, level)
   check_id(method, params, level + 1)
   local items = params.items
+  plain(method, "params.items", items, level + 1)
   if type(items) ~= "table" or not is_array(items) then
     errors.raise(level, "%s: params.items must be an array of bindings, got %s",
       method, describe(items))
@@ -189,6 +202,7 @@ function M.validate(method, params, level, refs)
   refs_allowed = refs or false
   local f = check[names[method] or method:lower()]
   if not f then return params end
+  plain(method, "params", params, level + 1)
   -- Not a tail call: it would remove a frame and shift the blamed level.
   local checked = f(method, params, level + 1)
   return checked
