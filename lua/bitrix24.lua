@@ -238,7 +238,9 @@ local function perform(self, method, body, safe)
       opts.on_request { method = method, url = a.shown .. method }
     end
     local started = opts.on_response and core.monotonic()
-    local result, code, description, status, extra = http:call(url, with_auth(body, token))
+    -- A request that is not safe to repeat is marked a write (the 5th
+    -- argument), so the transport never sends it twice on its own.
+    local result, code, description, status, extra = http:call(url, with_auth(body, token), nil, not safe)
     if result then status, code = code, nil end
     if opts.on_response then
       opts.on_response {

@@ -171,6 +171,22 @@ describe("client:call", function()
     assert.equal(2, #assert(client:call(ITEMS_GET, { id = 1 })))
   end)
 
+  it("sends a write once when its kept-alive connection is reset, then keeps one connection", function()
+    assert(client:call(ITEMS_GET, { id = 1 }))   -- a kept-alive connection to reuse
+    portal:reset()
+    portal:fault { method = "crm.lead.contact.add", kind = "reset", times = 2 }
+    local rows, err = client:call("crm.lead.contact.add", { id = 2, fields = { CONTACT_ID = 1010 } })
+    assert.is_nil(rows)
+    assert.equal("NETWORK_ERROR", err.code)
+    assert.equal(1, #portal:requests())
+    portal:reset()   -- (drops the fault's second reset, unused)
+    assert(client:call("crm.lead.contact.add", { id = 2, fields = { CONTACT_ID = 1010 } }))
+    for _ = 1, 3 do assert(client:call(ITEMS_GET, { id = 1 })) end
+    local log = portal:requests()
+    assert.equal(4, #log)
+    for i = 2, 4 do assert.equal(log[1].conn, log[i].conn) end
+  end)
+
   it("reports an answer that is JSON but no envelope as BAD_RESPONSE", function()
     portal:fault { method = ITEMS_GET, kind = "canned", status = 200, body = '{"foo": 1}' }
     local _, err = client:call(ITEMS_GET, { id = 1 })

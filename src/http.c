@@ -166,6 +166,9 @@ static int http_new(lua_State *L)
     SET(CURLOPT_USERAGENT, ua ? ua : "bitrix24-lua");
     SET(CURLOPT_ACCEPT_ENCODING, "");
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    /* One connection per client: a write's fresh connection (see perform)
+     * replaces the idle one instead of joining it in the cache. */
+    SET(CURLOPT_MAXCONNECTS, 1L);
     /* Redirects are policy (a moved portal must not get our secrets
      * replayed to another host), so the Lua layer sees every 3xx. */
     SET(CURLOPT_FOLLOWLOCATION, 0L);
@@ -208,9 +211,17 @@ static const char *failure_code(CURLcode rc, int too_large)
 }
 
 /* Performs one request; body == NULL means GET. On failure pushes
- * (nil, code, description) and returns 0. */
+ * (nil, code, description) and returns 0.
+ *
+ * write: the request is not safe to repeat. libcurl sends a request again,
+ * on a new connection, when a reused keep-alive connection closes before
+ * any byte of the answer ("Connection died, retrying a fresh connect" in
+ * its Curl_retry_request); the server may have read and run it already.
+ * It does so only for a reused connection, so a write goes on a fresh one
+ * (CURLOPT_FRESH_CONNECT) and is sent at most once. That connection then
+ * stays in the cache for the calls after it. */
 static int perform(lua_State *L, b24_http *h, const char *url,
-                   const char *body, size_t len, long *status)
+                   const char *body, size_t len, int write, long *status)
 {
     CURLcode rc = curl_easy_setopt(h->curl, CURLOPT_URL, url);
 
@@ -230,6 +241,8 @@ static int perform(lua_State *L, b24_http *h, const char *url,
         if (rc == CURLE_OK)
             rc = curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);
     }
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(h->curl, CURLOPT_FRESH_CONNECT, write ? 1L : 0L);
     if (rc == CURLE_OK)
         rc = curl_easy_perform(h->curl);
     if (rc == CURLE_OK)
@@ -262,18 +275,22 @@ static int push_redirect(lua_State *L, b24_http *h, long status)
     return 5;
 }
 
-/* handle:call(url, json_body) -> envelope, status
+/* handle:call(url, json_body, _, write) -> envelope, status
  *   | nil, code, description, status, envelope-or-location
+ * write (argument 5; argument 4 is left for a per-call option): true when
+ * the request must not be sent twice (see perform).
  * The hot path: request and envelope decoding without a trip to Lua. */
+#define CALL_WRITE_ARG 5
 static int http_call(lua_State *L)
 {
     b24_http *h = check_http(L);
     size_t len;
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_checklstring(L, 3, &len);
+    int write = lua_toboolean(L, CALL_WRITE_ARG);
     long status = 0;
 
-    if (!perform(L, h, url, body, len, &status))
+    if (!perform(L, h, url, body, len, write, &status))
         return 3;
     if (status >= 300 && status < 400)
         return push_redirect(L, h, status);
@@ -290,7 +307,7 @@ static int http_request(lua_State *L)
     const char *body = luaL_optlstring(L, 3, NULL, &len);
     long status = 0;
 
-    if (!perform(L, h, url, body, len, &status))
+    if (!perform(L, h, url, body, len, 0, &status))
         return 3;
     lua_pushinteger(L, (lua_Integer)status);
     lua_pushlstring(L, h->buf ? h->buf : "", h->len);
