@@ -175,6 +175,48 @@ describe("hostile input", function()
       small:close()
     end)
 
+    it("gives back the memory of a 48 MB answer, and the next small call works", function()
+      -- In a child process, so its RSS is not the spec runner's: a small
+      -- call, the big one, its result dropped, then a small call again.
+      -- Every block involved is above glibc's largest mmap threshold
+      -- (32 MiB), so what is freed goes back to the system at once.
+      portal:fault { method = "crm.lead.list", kind = "canned", times = 1,
+        body = '{"result":"' .. string.rep("x", 48 * 1024 * 1024) .. '"}' }
+      collectgarbage()
+      local script = os.tmpname()
+      local f = assert(io.open(script, "w"))
+      f:write(([[
+        package.path = %q .. "/lua/?.lua;" .. package.path
+        package.cpath = %q .. "/build/" .. %q .. "/?.so;" .. package.cpath
+        local bitrix24 = require "bitrix24"
+        local function rss()
+          local status = io.open("/proc/self/status"):read("*a")
+          return tonumber(status:match("VmRSS:%%s*(%%d+)")) * 1024
+        end
+        local client = bitrix24.webhook(%q, { rate = 1000, burst = 100000, tries = 1 })
+        local answer = assert(client:call(%q, { id = 1 }))
+        answer = nil
+        collectgarbage(); collectgarbage()
+        local base = rss()
+        answer = assert(client:call("crm.lead.list"))
+        local size = #answer
+        answer = nil
+        collectgarbage(); collectgarbage()
+        local after = rss()
+        local small = assert(client:call(%q, { id = 1 }))
+        io.write(size, " ", after - base, " ", #small, "\n")
+      ]]):format(support.ROOT, support.ROOT, support.LUA_VERSION, portal.webhook_url, ITEMS_GET, ITEMS_GET))
+      f:close()
+      local out, err = support.run(support.LUA .. " " .. script)
+      os.remove(script)
+      local size, grown, small = out:match("^(%d+) (%-?%d+) (%d+)")
+      assert(size, "the child failed: " .. out .. err)
+      assert.equal(48 * 1024 * 1024, tonumber(size))
+      assert.equal(2, tonumber(small))
+      assert.is_true(tonumber(grown) < 16 * 1024 * 1024,
+        "RSS after the answer was dropped: +" .. math.floor(grown / 1048576) .. " MiB")
+    end)
+
     it("stops reading a 100 MB answer at the default 64 MiB, then works again", function()
       -- The fake portal takes control bodies up to 64 MB, so a small
       -- server of our own sends the 100 MB: the first connection gets

@@ -213,7 +213,7 @@ static const char *failure_code(CURLcode rc, int too_large)
 /* Performs one request; body == NULL means GET. On failure pushes
  * (nil, code, description) and returns 0.
  *
- * write: the request is not safe to repeat. libcurl sends a request again,
+ * is_write: the request is not safe to repeat. libcurl sends a request again,
  * on a new connection, when a reused keep-alive connection closes before
  * any byte of the answer ("Connection died, retrying a fresh connect" in
  * its Curl_retry_request); the server may have read and run it already.
@@ -221,7 +221,7 @@ static const char *failure_code(CURLcode rc, int too_large)
  * (CURLOPT_FRESH_CONNECT) and is sent at most once. That connection then
  * stays in the cache for the calls after it. */
 static int perform(lua_State *L, b24_http *h, const char *url,
-                   const char *body, size_t len, int write, long *status)
+                   const char *body, size_t len, int is_write, long *status)
 {
     CURLcode rc = curl_easy_setopt(h->curl, CURLOPT_URL, url);
 
@@ -242,7 +242,7 @@ static int perform(lua_State *L, b24_http *h, const char *url,
             rc = curl_easy_setopt(h->curl, CURLOPT_HTTPGET, 1L);
     }
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(h->curl, CURLOPT_FRESH_CONNECT, write ? 1L : 0L);
+        rc = curl_easy_setopt(h->curl, CURLOPT_FRESH_CONNECT, is_write ? 1L : 0L);
     if (rc == CURLE_OK)
         rc = curl_easy_perform(h->curl);
     if (rc == CURLE_OK)
@@ -275,33 +275,54 @@ static int push_redirect(lua_State *L, b24_http *h, long status)
     return 5;
 }
 
+/* The answer buffer is kept between calls so small answers need no
+ * allocation; one grown past this for a large answer is given back once
+ * that answer is in Lua, instead of staying (up to max_response) until
+ * close. */
+#define KEEP_BUFFER ((size_t)1024 * 1024)
+
+static void release_large(b24_http *h)
+{
+    if (h->cap > KEEP_BUFFER) {
+        free(h->buf);
+        h->buf = NULL;
+        h->len = h->cap = 0;
+    }
+}
+
 /* handle:call(url, json_body, _, write) -> envelope, status
  *   | nil, code, description, status, envelope-or-location
  * write (argument 5; argument 4 is left for a per-call option): true when
  * the request must not be sent twice (see perform).
  * The hot path: request and envelope decoding without a trip to Lua. */
 #define CALL_WRITE_ARG 5
-static int http_call(lua_State *L)
+static int call_answer(lua_State *L, b24_http *h)
 {
-    b24_http *h = check_http(L);
     size_t len;
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_checklstring(L, 3, &len);
-    int write = lua_toboolean(L, CALL_WRITE_ARG);
+    int is_write = lua_toboolean(L, CALL_WRITE_ARG);
     long status = 0;
 
-    if (!perform(L, h, url, body, len, write, &status))
+    if (!perform(L, h, url, body, len, is_write, &status))
         return 3;
     if (status >= 300 && status < 400)
         return push_redirect(L, h, status);
     return b24_envelope_push(L, lua_upvalueindex(1), status, h->buf, h->len);
 }
 
-/* handle:request(url [, body]) -> status, body | nil, code, description
- * For answers that are not REST envelopes (the OAuth token endpoint). */
-static int http_request(lua_State *L)
+static int http_call(lua_State *L)
 {
     b24_http *h = check_http(L);
+    int n = call_answer(L, h);
+    release_large(h);
+    return n;
+}
+
+/* handle:request(url [, body]) -> status, body | nil, code, description
+ * For answers that are not REST envelopes (the OAuth token endpoint). */
+static int request_answer(lua_State *L, b24_http *h)
+{
     size_t len = 0;
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_optlstring(L, 3, NULL, &len);
@@ -312,6 +333,14 @@ static int http_request(lua_State *L)
     lua_pushinteger(L, (lua_Integer)status);
     lua_pushlstring(L, h->buf ? h->buf : "", h->len);
     return 2;
+}
+
+static int http_request(lua_State *L)
+{
+    b24_http *h = check_http(L);
+    int n = request_answer(L, h);
+    release_large(h);
+    return n;
 }
 
 static int http_close(lua_State *L)
