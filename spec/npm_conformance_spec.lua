@@ -1,22 +1,23 @@
--- A client we did not write against the fake portal: the official JS SDK
--- @bitrix24/b24jssdk from npm, run by node over HTTPS (the SDK refuses plain
--- http webhooks). What the SDK gets back is checked against FACTS.md and the
--- recorded real answers in spec/fixtures/real/.
+-- Clients we did not write against the fake portal: the official JS SDK
+-- @bitrix24/b24jssdk and @2bad/bitrix, from npm, run by node over HTTPS (the
+-- official SDK refuses plain http webhooks; the portal is started with
+-- https_only as a real one answers). What they get back is checked against
+-- FACTS.md and the recorded real answers in spec/fixtures/real/.
 --
--- The package is installed at spec time into spec/.npm/ (gitignored; kept
+-- The packages are installed at spec time into spec/.npm/ (gitignored; kept
 -- between runs, installed again when missing or of another version). When
--- npm cannot install it, the spec fails and says so: it never passes
--- without having run the SDK.
+-- npm cannot install them, the spec fails and says so: it never passes
+-- without having run the clients.
 
 local fake = require "bitrix24.fake.server"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
 local default_data = require "bitrix24.fake.data"
 
-local SDK = "@bitrix24/b24jssdk"
-local SDK_VERSION = "2.2.0"   -- the version whose API the script was written for
+-- The packages and the versions whose API the scripts were written for.
+local PACKAGES = { { "@bitrix24/b24jssdk", "2.2.0" }, { "@2bad/bitrix", "2.5.1" } }
 local NPM_DIR = "spec/.npm"
 local INSTALL_TIMEOUT = 180   -- seconds for npm install
-local RUN_TIMEOUT = 120       -- seconds for the node script
+local RUN_TIMEOUT = 120       -- seconds for one node script
 
 local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
 
@@ -41,33 +42,70 @@ local function fixture(name)
   return (assert(read("spec/fixtures/real/" .. name), "missing fixture " .. name):gsub("%s+$", ""))
 end
 
-local function installed_version(dir)
-  local t = json.decode(read(dir .. "/node_modules/" .. SDK .. "/package.json") or "")
-  return type(t) == "table" and t.version or nil
+-- Whether `dir` holds every package at its version.
+local function complete(dir)
+  for _, p in ipairs(PACKAGES) do
+    local t = json.decode(read(dir .. "/node_modules/" .. p[1] .. "/package.json") or "")
+    if type(t) ~= "table" or t.version ~= p[2] then return false end
+  end
+  return true
 end
 
--- Installs the SDK into a fresh folder, then renames it into place, so that
--- a run in parallel never sees half an install.
-local function ensure_sdk()
-  if installed_version(NPM_DIR) == SDK_VERSION then return end
-  local ok, out = sh("command -v npm && command -v node && node --version")
-  assert(ok, "node and npm are needed for this spec and were not found:\n" .. out)
+-- Installs the packages into a fresh folder, then renames it into place, so
+-- that a run in parallel never sees half an install.
+local function ensure_packages()
+  if complete(NPM_DIR) then return end
   local tmp = NPM_DIR .. ".tmp." .. tostring(os.time()) .. tostring(math.random(1e6))
   assert(sh("mkdir -p " .. quote(tmp)))
   local f = assert(io.open(tmp .. "/package.json", "wb"))
   f:write('{"private":true,"description":"test-only install for spec/npm_conformance_spec.lua"}\n')
   f:close()
-  ok, out = sh("cd " .. quote(tmp) .. " && timeout -k 5 " .. INSTALL_TIMEOUT ..
+  local specs = {}
+  for i, p in ipairs(PACKAGES) do specs[i] = p[1] .. "@" .. p[2] end
+  local ok, out = sh("cd " .. quote(tmp) .. " && timeout -k 5 " .. INSTALL_TIMEOUT ..
     " npm install --no-audit --no-fund --ignore-scripts --no-package-lock --loglevel=error " ..
-    SDK .. "@" .. SDK_VERSION)
-  if not ok or installed_version(tmp) ~= SDK_VERSION then
+    table.concat(specs, " "))
+  if not ok or not complete(tmp) then
     sh("rm -rf " .. quote(tmp))
-    error("npm could not install " .. SDK .. "@" .. SDK_VERSION .. " (is the npm registry reachable? " ..
+    error("npm could not install " .. table.concat(specs, " ") .. " (is the npm registry reachable? " ..
       "this spec needs it and fails without it):\n" .. out:sub(-2000), 0)
   end
-  if installed_version(NPM_DIR) ~= SDK_VERSION then sh("rm -rf " .. quote(NPM_DIR)) end
+  if not complete(NPM_DIR) then sh("rm -rf " .. quote(NPM_DIR)) end
   if not os.rename(tmp, NPM_DIR) then sh("rm -rf " .. quote(tmp)) end -- another run was first
-  assert(installed_version(NPM_DIR) == SDK_VERSION, "no usable " .. SDK .. " in " .. NPM_DIR)
+  assert(complete(NPM_DIR), "no usable packages in " .. NPM_DIR)
+end
+
+-- Starts a portal that answers REST only over HTTPS (as a real one), runs
+-- one script of spec/npm/ against it, and returns what it printed: check ->
+-- decoded line, and check -> the line as printed.
+local function run_script(name)
+  local ok, out = sh("node -e 'process.exit(Number(process.versions.node.split(\".\")[0]) >= 20 ? 0 : 3)'")
+  assert(ok, "this spec needs node >= 20 (the SDK's engines) and npm:\n" .. out)
+  ensure_packages()
+  local portal = fake.start { https_only = true, timeout = 300 }
+  ok, out = pcall(function()
+    local env = table.concat({
+      "B24_SDK_DIR=" .. quote(NPM_DIR),
+      "B24_HOOK_URL=" .. quote(portal.https_webhook_url),
+      "B24_BAD_HOOK_URL=" .. quote((portal.https_webhook_url:gsub("/[^/]+/$", "/wrongcode0000000/"))),
+      "B24_CONTROL_URL=" .. quote(portal.url),
+      "NODE_EXTRA_CA_CERTS=" .. quote(portal.ca_file),
+    }, " ")
+    local _, text = sh(env .. " timeout -k 5 " .. RUN_TIMEOUT .. " node spec/npm/" .. name)
+    return text
+  end)
+  portal:stop()
+  assert(ok, out)
+  local got, raw = {}, {}
+  for line in out:gmatch("[^\n]+") do
+    local t = json.decode(line)
+    if type(t) == "table" and t.check then
+      got[t.check], raw[t.check] = t, line
+    end
+  end
+  -- The script prints "done" last; anything else is its own failure.
+  assert(got.done, "the node script " .. name .. " did not finish:\n" .. out:sub(-3000))
+  return got, raw
 end
 
 -- Ids (strings, ascending) of the leads the webhook user may read.
@@ -85,32 +123,7 @@ describe("#npm @bitrix24/b24jssdk against the fake portal over HTTPS", function(
   local got, raw = {}, {}
 
   setup(function()
-    local ok, out = sh("node -e 'process.exit(Number(process.versions.node.split(\".\")[0]) >= 20 ? 0 : 3)'")
-    assert(ok, "this spec needs node >= 20 (the SDK's engines) and npm:\n" .. out)
-    ensure_sdk()
-    -- https_only: the SDK must reach it over HTTPS, as a real portal demands.
-    local portal = fake.start { https_only = true, timeout = 300 }
-    local ok, out = pcall(function()
-      local env = table.concat({
-        "B24_SDK_DIR=" .. quote(NPM_DIR),
-        "B24_HOOK_URL=" .. quote(portal.https_webhook_url),
-        "B24_BAD_HOOK_URL=" .. quote((portal.https_webhook_url:gsub("/[^/]+/$", "/wrongcode0000000/"))),
-        "B24_CONTROL_URL=" .. quote(portal.url),
-        "NODE_EXTRA_CA_CERTS=" .. quote(portal.ca_file),
-      }, " ")
-      local _, text = sh(env .. " timeout -k 5 " .. RUN_TIMEOUT .. " node spec/npm/b24jssdk_conformance.cjs")
-      return text
-    end)
-    portal:stop()
-    assert(ok, out)
-    for line in out:gmatch("[^\n]+") do
-      local t = json.decode(line)
-      if type(t) == "table" and t.check then
-        got[t.check], raw[t.check] = t, line
-      end
-    end
-    -- The script prints "done" last; anything else is its own failure.
-    assert(got.done, "the node script did not finish:\n" .. out:sub(-3000))
+    got, raw = run_script("b24jssdk_conformance.cjs")
   end)
 
   it("crm.lead.contact.fields: the three documented fields and a time block", function()
@@ -206,6 +219,52 @@ describe("#npm @bitrix24/b24jssdk against the fake portal over HTTPS", function(
       local e = got[k].error
       assert.equal(503, e.http_status)
       assert.equal("QUERY_LIMIT_EXCEEDED", e.code)
+      assert.equal(fixture("issue-error-query-limit-exceeded.json"), e.body)
+    end
+  end)
+end)
+
+describe("#npm @2bad/bitrix against the fake portal over HTTPS", function()
+  local got, raw = {}, {}
+
+  setup(function()
+    got, raw = run_script("2bad_bitrix_conformance.cjs")
+  end)
+
+  it("crm.lead.contact.items.get sent as a GET with a query string", function()
+    assert.same({
+      { CONTACT_ID = 1010, SORT = 10, ROLE_ID = 0, IS_PRIMARY = "Y" },
+      { CONTACT_ID = 1011, SORT = 20, ROLE_ID = 0, IS_PRIMARY = "N" },
+    }, got["items.get"].value)
+  end)
+
+  it("batch: a reference double-encoded in cmd[...] of a GET query is resolved", function()
+    local res = got.batch.value
+    assert.is_true(res.result.bind, raw.batch)
+    assert.matches('"result_error":%[%]', raw.batch)
+    assert.equal("GET", got["batch.sent"].http_method)
+    assert.truthy(got["batch.sent"].query:find("%2524result%255Bfirst%255D", 1, true), got["batch.sent"].query)
+    assert.same({ { CONTACT_ID = 1011, SORT = 10, ROLE_ID = 0, IS_PRIMARY = "N" } },
+      got["items.get.after.batch"].value)
+  end)
+
+  it("list: its batch of start=50, 100, ... pages brings every lead once", function()
+    local want = readable_lead_ids()
+    assert.equal(#want, got.list.value.total)
+    assert.same(want, got.list.value.ids)
+  end)
+
+  it("a wrong webhook code: 401 and the recorded NO_AUTH_FOUND body", function()
+    local e = got["wrong.code"].error
+    assert.equal(401, e.http_status)
+    assert.equal(fixture("issue-error-no-auth-found-converted.json"), e.body)
+  end)
+
+  it("the rate limit: 503 and the recorded QUERY_LIMIT_EXCEEDED body once the burst is used", function()
+    for i = 0, 2 do assert.is_table(got["rate." .. i].value, raw["rate." .. i]) end
+    for i = 3, 4 do
+      local e = got["rate." .. i].error
+      assert.equal(503, e.http_status)
       assert.equal(fixture("issue-error-query-limit-exceeded.json"), e.body)
     end
   end)
