@@ -173,6 +173,7 @@ function M.handle()
     body = request_body(),
     conn = tonumber(ngx.var.connection),
     base_url = base_url(),
+    scheme = ngx.var.scheme,
   }
   local ok, res = xpcall(function() return portal:handle(req) end, debug.traceback)
   if not ok then

@@ -123,10 +123,6 @@ local function url_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
-local function url_encode(s)
-  return (s:gsub("[^%w%-_%.~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
-
 -- Next integer key for PHP's `a[]=` (max integer key + 1, or 0).
 local function next_index(t)
   local n = -1
@@ -308,6 +304,8 @@ function Portal.new(opts)
   self.client_secret = opts.client_secret or random_string(40)
   self.member_id = random_string(32, "0123456789abcdef")
   self.clock = opts.clock or default_clock()
+  -- Answer REST calls that did not come over HTTPS as a real portal does.
+  self.https_only = truthy(opts.https_only)
   local rate = opts.rate
   if rate == nil then rate = 2 end
   self.initial_cfg = {
@@ -531,6 +529,16 @@ function Portal:cost(method)
   if type(c) == "number" then return c end
   if type(c) == "table" and type(c[method]) == "number" then return c[method] end
   return DEFAULT_COST
+end
+
+-- When a call that started at `start` and took `seconds` of processing ends:
+-- not before `now`, and never so early that duration (finish - start) comes
+-- out below processing, which start + seconds can do by a rounding hair (in
+-- every recorded real time block processing <= duration).
+local function finish_time(start, seconds, now)
+  local finish = math.max(now, start + seconds)
+  while finish - start < seconds do finish = finish + 1e-6 end
+  return finish
 end
 
 -- The `time` block (FACTS §3). operating_reset_at = floor(start) + 600 (the
@@ -837,10 +845,11 @@ local function select_fields(rec, select, entity)
   return row
 end
 
--- Pages of 50. `start` is an offset (intval); start=-1 skips the count:
--- up to 50 rows, total 0, no next (FACTS §10). (The real server may round
--- start down to a multiple of 50; values handed out in `next` are such
--- multiples anyway.)
+-- Pages of 50. `start` is read with intval and picks a page, not a row: the
+-- old CRM lists ask for page intval(start / 50) + 1, so start=70 answers rows
+-- 50..99 as start=50 does, and `next` is always a multiple of 50 (FACTS §10
+-- [src], IRestService::getNavData). start < 0 skips the count: up to 50 rows,
+-- total 0, no next.
 local function list_method(entity, store_name)
   return function(self, params)
     local store = self[store_name]
@@ -852,7 +861,7 @@ local function list_method(entity, store_name)
     end
     sort_records(rows, params.order)
     local start = intval(params.start)
-    local offset = start < 0 and 0 or start
+    local offset = start < 0 and 0 or json.integral(math.floor(start / PAGE_SIZE) * PAGE_SIZE)
     local result = {}
     for i = offset + 1, math.min(offset + PAGE_SIZE, #rows) do
       result[#result + 1] = select_fields(rows[i], params.select, entity)
@@ -880,7 +889,7 @@ function Portal:call(method, params, start)
   local out = handler(self, params)
   local cost = self:cost(method)
   self:charge(method, start, cost) -- failed calls cost time too
-  out.finish = math.max(self.clock(), start + cost)
+  out.finish = finish_time(start, cost, self.clock())
   if not out.failed then
     out.time = time_block(start, out.finish, cost, self:operating(method, start), OP_WINDOW * self.cfg.op_bucket)
   end
@@ -893,53 +902,133 @@ end
 
 --- batch (FACTS §6) ---------------------------------------------------------------------
 
+-- References to earlier sub-calls (FACTS §6, §11 [src]). The server first
+-- parses the command's query with PHP rules, then looks for references in
+-- each decoded value: "$" and one of these names (case-insensitive, the
+-- first that fits, so "$results[a]" is "result" + "s[a]"), then everything
+-- up to the next blank. Every "[segment]" in that text is a step of the path.
+-- Keys are left alone: a decoded key can never hold a whole "[...]" pair.
+local REF_NAMES = { "result", "next", "total", "time", "error" }
 local REF_MAPS = { result = "result", error = "result_error", time = "result_time",
   next = "result_next", total = "result_total" }
 
-local function ref_index(value, seg)
-  if type(value) ~= "table" then return nil end
-  if json.is_omap(value) then
-    local v = value[seg]
-    if v == nil then v = value[php_key(seg)] end
-    return v
+-- PHP isset($value[$seg]) followed by the read: nil when the step fails.
+-- A string can be indexed by a character offset, as in PHP.
+local function ref_step(value, seg)
+  local k = php_key(seg)
+  if type(value) == "string" then
+    if type(k) ~= "number" then return nil end
+    if k < 0 then k = #value + k end
+    if k < 0 or k >= #value then return nil end
+    return value:sub(k + 1, k + 1)
   end
-  local n = tonumber(seg)
-  if n and value[1] ~= nil then return value[n + 1] end
-  return value[seg]
+  if type(value) ~= "table" then return nil end
+  local v
+  if json.is_omap(value) then
+    v = value[seg]
+    if v == nil then v = value[k] end
+  elseif type(k) == "number" then
+    v = value[k + 1] -- a Lua sequence is a PHP list 0..n-1
+  end
+  if v == json.null then return nil end
+  return v
 end
 
-local function ref_text(v)
-  if type(v) == "number" then return json.encode(json.integral(v)) end
-  if type(v) == "string" then return url_encode(v) end
-  if v == true then return "1" end
-  return "" -- false, nil, arrays
+-- PHP's (string) of a number: integers in full, floats with 14 significant digits.
+local function php_number_text(n)
+  n = json.integral(n)
+  if n == math.floor(n) and math.abs(n) < 1e15 then return string.format("%d", n) end
+  return string.format("%.14G", n)
 end
 
--- Replace $result[key][F]..., $error[key], $time[key], $next[key], $total[key]
--- in a sub-call's query before it is parsed.
-local function substitute(query, maps)
+-- A copy, so that a parameter taken from the results does not change when
+-- later sub-calls add to them (PHP copies arrays on assignment).
+local function deep_copy(v)
+  if type(v) ~= "table" then return v end
+  local c = json.is_omap(v) and omap() or {}
+  for _, k in ipairs((json.keys(v))) do set(c, k, deep_copy(v[k])) end
+  return c
+end
+
+-- The references found in one decoded value: { text, name, path segments }.
+-- PHP str_replace: every occurrence of `from`, left to right.
+local function replace_all(s, from, to)
   local out, pos = {}, 1
   while true do
-    local s, e, name, key = query:find("%$(%a+)%[([^%]]*)%]", pos)
-    if not s then break end
-    local map = REF_MAPS[name] and maps[REF_MAPS[name]]
-    if not map then
-      out[#out + 1] = query:sub(pos, e)
-      pos = e + 1
+    local a, b = s:find(from, pos, true)
+    if not a then break end
+    out[#out + 1] = s:sub(pos, a - 1)
+    out[#out + 1] = to
+    pos = b + 1
+  end
+  out[#out + 1] = s:sub(pos)
+  return table.concat(out)
+end
+
+local function find_refs(s)
+  local refs, pos = {}, 1
+  while true do
+    local s1 = s:find("$", pos, true)
+    if not s1 then break end
+    local name
+    for _, n in ipairs(REF_NAMES) do
+      if s:sub(s1 + 1, s1 + #n):lower() == n then name = s:sub(s1 + 1, s1 + #n) break end
+    end
+    if not name then
+      pos = s1 + 1
     else
-      local value, p = ref_index(map, key), e + 1
-      while true do
-        local seg, np = query:match("^%[([^%]]*)%]()", p)
-        if not seg then break end
-        value, p = ref_index(value, seg), np
-      end
-      out[#out + 1] = query:sub(pos, s - 1)
-      out[#out + 1] = ref_text(value)
-      pos = p
+      local path = s:match("^[^%s]*", s1 + 1 + #name)
+      local segs = {}
+      for seg in path:gmatch("%[([^%]]+)%]") do segs[#segs + 1] = seg end
+      refs[#refs + 1] = { text = s:sub(s1, s1 + #name + #path), name = name, segs = segs }
+      pos = s1 + 1 + #name + #path
     end
   end
-  out[#out + 1] = query:sub(pos)
-  return table.concat(out)
+  return refs
+end
+
+-- Resolve the references in one value. The walk stops at the first step that
+-- fails and keeps what it reached: a command that has not run (failed, later,
+-- unknown) leaves the whole map of that kind. A reference that is the whole
+-- value becomes that value as it is (an array stays an array); inside a
+-- longer string only a string or a number is put in, otherwise the text stays.
+local function resolve_value(value, maps)
+  for _, ref in ipairs(find_refs(value)) do
+    if type(value) ~= "string" then break end
+    if #ref.segs > 0 then
+      -- The map is looked up by the name as written: "$RESULT[...]" finds none.
+      local r = REF_MAPS[ref.name] and maps[REF_MAPS[ref.name]]
+      for _, seg in ipairs(ref.segs) do
+        local nxt = ref_step(r, seg)
+        if nxt == nil then break end
+        r = nxt
+      end
+      if ref.text == value then
+        value = r == nil and json.null or deep_copy(r)
+      else
+        if type(r) == "number" then r = php_number_text(r) end
+        if type(r) == "string" then
+          value = replace_all(value, ref.text, r)
+        end
+      end
+    end
+  end
+  return value
+end
+
+-- Every value of a parsed command query, at any depth.
+local function resolve_refs(params, maps)
+  local out = omap()
+  for _, kv in ipairs(php_pairs(params)) do
+    local v = kv[2]
+    if type(v) == "table" then
+      v = resolve_refs(v, maps)
+    elseif type(v) == "string" then
+      v = resolve_value(v, maps)
+    end
+    set(out, kv[1], v)
+  end
+  return out
 end
 
 local function method_name(s)
@@ -956,15 +1045,17 @@ function Portal:run_batch(params, start, entry)
   local calls = {}
   for _, kv in ipairs(php_pairs(params.cmd)) do
     local key, cmd = kv[1], kv[2]
-    if type(cmd) == "string" then -- non-string commands are skipped (FACTS §6 [src])
-      n = n + 1
+    -- Every command counts towards the 50, a skipped one too; past the 50th
+    -- even a non-string gets the error (the server counts before it looks).
+    n = n + 1
+    if n > PAGE_SIZE or type(cmd) == "string" then -- non-strings are skipped (FACTS §6 [src])
       local out, method, sub_params
       if n > PAGE_SIZE then
         out = fail(400, "ERROR_BATCH_LENGTH_EXCEEDED", "Max batch length exceeded")
       else
         local path, query = cmd:match("^([^?]*)%??(.*)$")
         method = method_name(path)
-        sub_params = parse_form(substitute(query, maps))
+        sub_params = resolve_refs(parse_form(query), maps)
         if method == "batch" then
           out = fail(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
         else
@@ -989,7 +1080,7 @@ function Portal:run_batch(params, start, entry)
     end
   end
   set(entry, "calls", calls)
-  local finish = math.max(self.clock(), now)
+  local finish = finish_time(start, processing, math.max(self.clock(), now))
   local result = obj("result", maps.result, "result_error", maps.result_error,
     "result_total", maps.result_total, "result_next", maps.result_next, "result_time", maps.result_time)
   -- Outer time block: like the real samples, `operating` mirrors the last
@@ -1204,6 +1295,12 @@ function Portal:handle(req)
     return self:token_endpoint(req)
   end
   local route = parse_rest_path(path)
+  if self.https_only and req.scheme ~= "https" and path:sub(1, 6) == "/rest/" then
+    -- Before auth: the code or token is not even looked at (FACTS §1, §4).
+    local entry = self:new_entry(route and method_name(route.tail) or "", route and route.kind or "none",
+      req, request_params(req), self.clock())
+    return self:finish(entry, json_response(400, error_body("INVALID_REQUEST", "Https required.")))
+  end
   if route then
     return self:rest(req, route)
   end

@@ -433,11 +433,13 @@ end
 ---------------------------------------------------------------- start
 
 local PORTAL_OPTIONS = { "rate", "burst", "op_limit", "op_cost", "op_bucket", "token_ttl", "code", "user_id",
-                         "client_id", "client_secret" }
+                         "client_id", "client_secret", "https_only" }
 
 --- Starts a portal. Options (all optional):
 -- rate, burst, op_limit, op_cost, op_bucket, token_ttl, code, user_id, client_id, client_secret: passed to the portal logic;
 -- data: path of a JSON data file; tls (default true): also listen with HTTPS;
+-- https_only: REST calls over plain http get 400 INVALID_REQUEST "Https
+-- required." as on a real portal (needs tls; /_fake/ stays on http);
 -- port, tls_port: fixed ports (default: free ones); timeout: seconds before nginx
 -- stops by itself (default 900; false = never); owner_pid: nginx stops soon after
 -- this process is gone (default: the calling Lua process; false = no watch);
@@ -446,6 +448,9 @@ local PORTAL_OPTIONS = { "rate", "burst", "op_limit", "op_cost", "op_bucket", "t
 function M.start(opts)
   opts = opts or {}
   local tls = opts.tls ~= false
+  if opts.https_only and not tls then
+    error("bitrix24.fake.server: https_only needs tls (nothing could be called otherwise)", 2)
+  end
   local timeout = opts.timeout
   if timeout == nil then timeout = 900 end
   if timeout == 0 then timeout = false end
