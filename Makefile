@@ -166,6 +166,7 @@ bench-smoke: bench-deps bench-build
 #                             AddressSanitizer + UBSan (build/asan-5.4); fails on any report
 #   make test-valgrind        a spec subset and spec/leakcheck.lua (10,000 calls, every
 #                             failure kind) under valgrind; fails on any leak from our code
+#   SPECS="spec/a_spec.lua"   with test-asan or test-valgrind: only those files
 #   make fuzz FUZZ_SECONDS=N  builds the libFuzzer targets of fuzz/ and runs each N s
 #                             (default 60); fails on any crash (see fuzz/README.md)
 # Each ends with one line "<target>: N passed, N failed" (see spec/run-robust).

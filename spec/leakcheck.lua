@@ -157,6 +157,34 @@ group("core.decode / core.json_decode on damaged answers", 500, function(i)
   return true
 end)
 
+-- core.multi: rounds of 4 requests in flight, each round ending another
+-- way: all answered (one with a broken answer), one aborted, all aborted,
+-- or the multi closed with them in flight, or left to the collector.
+local multi_url = portal.webhook_url .. ITEMS_GET
+group("core.multi: answered, aborted, closed and collected in flight", 300, function(i)
+  local m = core.multi { parallel = 4 }
+  local tickets = {}
+  for id = 1, 4 do tickets[id] = m:start(multi_url, id == 4 and "{" or '{"id":1}', 30, id == 3) end
+  local way, answered = i % 5, 0
+  if way == 1 then m:abort(tickets[2]) elseif way == 2 then m:abort() end
+  while way <= 2 and m:in_flight() > 0 do
+    local ticket, rows = m:wait(5)
+    if not ticket then return false, "no answer within 5 s" end
+    if ticket ~= tickets[4] and not (rows and rows.result[1].CONTACT_ID == 1010) then
+      return false, "a wrong answer"
+    end
+    answered = answered + 1
+  end
+  if way == 3 then
+    m:wait(0.01)
+    m:close()
+    m:close()
+  elseif way ~= 4 then   -- way 4: left in flight to __gc
+    m:close()
+  end
+  return answered == ({ [0] = 4, 3, 0 })[way] or way > 2, "answered " .. answered
+end)
+
 -- OAuth: a refresh that fails at the token endpoint, then one that works.
 local info = portal:info()
 local function oauth_client()

@@ -7,6 +7,7 @@
 #include "envelope.h"
 #include "http.h"
 #include "json.h"
+#include "multi.h"
 #include "query.h"
 #include "system.h"
 
@@ -56,7 +57,13 @@ int luaopen_bitrix24_core(lua_State *L)
     lua_pushvalue(L, -2);
     b24_setfuncs(L, decoders, 1);
     lua_pop(L, 1);
+    /* Both registrations consume a decode function: a copy goes below
+     * the module table for the second one. */
+    lua_pushvalue(L, -1);
+    lua_insert(L, -3);
     b24_http_register(L);
+    lua_insert(L, -2);
+    b24_multi_register(L);
     b24_system_register(L);
     lua_pushstring(L, curl_version());
     lua_setfield(L, -2, "curl_version");

@@ -109,61 +109,57 @@ static const char *opt_str(lua_State *L, int t, const char *key)
     return lua_tostring(L, -1);
 }
 
-/* core.http(opts) -> handle. Options are read before anything is
- * allocated, so a bad option raises with nothing to free. */
-static int http_new(lua_State *L)
+/* Reads the options every easy handle of a client shares (see http.h).
+ * Raises on a bad option before the caller allocates anything. */
+void b24_http_read_opts(lua_State *L, int t, b24_easy_opts *o)
 {
-    long timeout_ms, connect_ms;
-    const char *ua, *ca_file, *ca_path, *proxy;
-    int verify;
     double max;
-    b24_http *h;
-    CURLcode rc = CURLE_OK;
 
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
-    luaL_checktype(L, 1, LUA_TTABLE);
-    timeout_ms = opt_ms(L, 1, "timeout", 60);
-    connect_ms = opt_ms(L, 1, "connect_timeout", 10);
-    ua = opt_str(L, 1, "user_agent");
-    ca_file = opt_str(L, 1, "ca_file");
-    ca_path = opt_str(L, 1, "ca_path");
-    proxy = opt_str(L, 1, "proxy");
-    lua_getfield(L, 1, "tls_verify");
-    verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
-    lua_getfield(L, 1, "max_response");
+    o->timeout_ms = opt_ms(L, t, "timeout", 60);
+    o->connect_ms = opt_ms(L, t, "connect_timeout", 10);
+    o->ua = opt_str(L, t, "user_agent");
+    o->ca_file = opt_str(L, t, "ca_file");
+    o->ca_path = opt_str(L, t, "ca_path");
+    o->proxy = opt_str(L, t, "proxy");
+    lua_getfield(L, t, "tls_verify");
+    o->verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
+    lua_getfield(L, t, "max_response");
     max = lua_isnil(L, -1) ? DEFAULT_MAX_RESPONSE : lua_tonumber(L, -1);
     if (!(max > 0) || max > MAX_RESPONSE_LIMIT)
-        return luaL_error(L, "option 'max_response' must be a number of bytes in (0, 1 GiB]");
+        luaL_error(L, "option 'max_response' must be a number of bytes in (0, 1 GiB]");
+    o->max = (size_t)max;
+}
 
-    h = lua_newuserdata(L, sizeof *h);
-    memset(h, 0, sizeof *h);
-    h->max = (size_t)max;
-    luaL_getmetatable(L, B24_HTTP_MT);
-    lua_setmetatable(L, -2);
+/* The request headers of every POST; NULL when out of memory. */
+struct curl_slist *b24_http_headers(void)
+{
+    struct curl_slist *headers = curl_slist_append(NULL, "Content-Type: application/json");
+    struct curl_slist *more;
 
-    h->curl = curl_easy_init();
-    if (!h->curl)
-        return luaL_error(L, "curl_easy_init failed");
-    h->headers = curl_slist_append(NULL, "Content-Type: application/json");
-    if (h->headers)
-        h->headers = curl_slist_append(h->headers, "Accept: application/json");
+    if (!headers)
+        return NULL;
+    more = curl_slist_append(headers, "Accept: application/json");
     /* curl would wait up to a second for "100 Continue" on large bodies. */
-    if (h->headers)
-        h->headers = curl_slist_append(h->headers, "Expect:");
-    if (!h->headers)
-        return luaL_error(L, "out of memory");
+    if (more)
+        more = curl_slist_append(headers, "Expect:");
+    if (!more) {
+        curl_slist_free_all(headers);
+        return NULL;
+    }
+    return headers;
+}
 
-#define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(h->curl, opt, val)
+/* Applies the shared options to a fresh easy handle; the caller sets
+ * the error buffer and where the body goes. */
+CURLcode b24_http_apply_opts(CURL *curl, const b24_easy_opts *o)
+{
+    CURLcode rc = CURLE_OK;
+
+#define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(curl, opt, val)
     SET(CURLOPT_NOSIGNAL, 1L);
-    SET(CURLOPT_ERRORBUFFER, h->errbuf);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
-    SET(CURLOPT_WRITEDATA, h);
-    SET(CURLOPT_TIMEOUT_MS, timeout_ms);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
-    SET(CURLOPT_USERAGENT, ua ? ua : "bitrix24-lua");
+    SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_ms);
+    SET(CURLOPT_USERAGENT, o->ua ? o->ua : "bitrix24-lua");
     SET(CURLOPT_ACCEPT_ENCODING, "");
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     /* One connection per client: a write's fresh connection (see perform)
@@ -177,15 +173,53 @@ static int http_new(lua_State *L)
 #else
     SET(CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
 #endif
-    SET(CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
-    SET(CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
-    if (ca_file)
-        SET(CURLOPT_CAINFO, ca_file);
-    if (ca_path)
-        SET(CURLOPT_CAPATH, ca_path);
-    if (proxy)
-        SET(CURLOPT_PROXY, proxy);
+    SET(CURLOPT_SSL_VERIFYPEER, o->verify ? 1L : 0L);
+    SET(CURLOPT_SSL_VERIFYHOST, o->verify ? 2L : 0L);
+    if (o->ca_file)
+        SET(CURLOPT_CAINFO, o->ca_file);
+    if (o->ca_path)
+        SET(CURLOPT_CAPATH, o->ca_path);
+    if (o->proxy)
+        SET(CURLOPT_PROXY, o->proxy);
 #undef SET
+    return rc;
+}
+
+/* core.http(opts) -> handle. Options are read before anything is
+ * allocated, so a bad option raises with nothing to free. */
+static int http_new(lua_State *L)
+{
+    b24_easy_opts o;
+    b24_http *h;
+    CURLcode rc = CURLE_OK;
+
+    if (lua_isnoneornil(L, 1)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, 1, LUA_TTABLE);
+    b24_http_read_opts(L, 1, &o);
+
+    h = lua_newuserdata(L, sizeof *h);
+    memset(h, 0, sizeof *h);
+    h->max = o.max;
+    luaL_getmetatable(L, B24_HTTP_MT);
+    lua_setmetatable(L, -2);
+
+    h->curl = curl_easy_init();
+    if (!h->curl)
+        return luaL_error(L, "curl_easy_init failed");
+    h->headers = b24_http_headers();
+    if (!h->headers)
+        return luaL_error(L, "out of memory");
+
+#define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(h->curl, opt, val)
+    SET(CURLOPT_ERRORBUFFER, h->errbuf);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, h);
+#undef SET
+    if (rc == CURLE_OK)
+        rc = b24_http_apply_opts(h->curl, &o);
     if (rc != CURLE_OK)
         return luaL_error(L, "curl option: %s", curl_easy_strerror(rc));
     return 1;
@@ -208,6 +242,19 @@ static const char *failure_code(CURLcode rc, int too_large)
     default:
         return B24_E_NETWORK;
     }
+}
+
+/* Pushes (nil, code, description) for a transfer that failed. */
+void b24_http_push_failure(lua_State *L, CURLcode rc, int too_large,
+                           size_t max, const char *errbuf)
+{
+    lua_pushnil(L);
+    lua_pushstring(L, failure_code(rc, too_large));
+    if (too_large)
+        lua_pushfstring(L, "the answer is larger than max_response (%d bytes)",
+                        (int)max);
+    else
+        lua_pushstring(L, errbuf[0] ? errbuf : curl_easy_strerror(rc));
 }
 
 /* Performs one request; body == NULL means GET. On failure pushes
@@ -250,20 +297,14 @@ static int perform(lua_State *L, b24_http *h, const char *url,
     if (rc == CURLE_OK)
         return 1;
 
-    lua_pushnil(L);
-    lua_pushstring(L, failure_code(rc, h->too_large));
-    if (h->too_large)
-        lua_pushfstring(L, "the answer is larger than max_response (%d bytes)",
-                        (int)h->max);
-    else
-        lua_pushstring(L, h->errbuf[0] ? h->errbuf : curl_easy_strerror(rc));
+    b24_http_push_failure(L, rc, h->too_large, h->max, h->errbuf);
     return 0;
 }
 
-static int push_redirect(lua_State *L, b24_http *h, long status)
+int b24_http_push_redirect(lua_State *L, CURL *curl, long status)
 {
     char *location = NULL;
-    curl_easy_getinfo(h->curl, CURLINFO_REDIRECT_URL, &location);
+    curl_easy_getinfo(curl, CURLINFO_REDIRECT_URL, &location);
     lua_pushnil(L);
     lua_pushstring(L, B24_E_MOVED);
     lua_pushfstring(L, "HTTP %d redirect", (int)status);
@@ -307,7 +348,7 @@ static int call_answer(lua_State *L, b24_http *h)
     if (!perform(L, h, url, body, len, is_write, &status))
         return 3;
     if (status >= 300 && status < 400)
-        return push_redirect(L, h, status);
+        return b24_http_push_redirect(L, h->curl, status);
     return b24_envelope_push(L, lua_upvalueindex(1), status, h->buf, h->len);
 }
 

@@ -1,10 +1,44 @@
-/* The libcurl handle userdata behind each client. */
+/* The libcurl handle userdata behind each client, and what every easy
+ * handle of the core shares (options, failure codes, redirect results),
+ * so core.multi (multi.c) sends exactly what handle:call sends. */
 #ifndef B24_HTTP_H
 #define B24_HTTP_H
 
+#include <stddef.h>
+
+#include <curl/curl.h>
 #include <lua.h>
 
 #define B24_HTTP_MT "bitrix24.http"
+
+/* A client's options, as core.http(opts) reads them. The strings point
+ * into values left on the Lua stack by b24_http_read_opts. */
+typedef struct {
+    long timeout_ms, connect_ms;
+    const char *ua, *ca_file, *ca_path, *proxy;
+    int verify;
+    size_t max;   /* max_response in bytes */
+} b24_easy_opts;
+
+/* Reads the options table at index t; raises on a bad option. Leaves
+ * values on the stack (the strings must stay reachable). */
+void b24_http_read_opts(lua_State *L, int t, b24_easy_opts *o);
+
+/* The request headers of every POST (JSON, no "Expect: 100-continue");
+ * NULL when out of memory. */
+struct curl_slist *b24_http_headers(void);
+
+/* Applies the options to an easy handle (not the error buffer and the
+ * write callback, which point into the caller's own structure). */
+CURLcode b24_http_apply_opts(CURL *curl, const b24_easy_opts *o);
+
+/* Pushes (nil, code, description) for a failed transfer. */
+void b24_http_push_failure(lua_State *L, CURLcode rc, int too_large,
+                           size_t max, const char *errbuf);
+
+/* Pushes (nil, PORTAL_MOVED, description, status, location-or-nil) for
+ * a 3xx answer; returns 5. */
+int b24_http_push_redirect(lua_State *L, CURL *curl, long status);
 
 /* Registers core.http and the handle's metatable into the module table
  * below the cjson decode function on the top of the stack; pops it. */
