@@ -216,4 +216,26 @@ describe("token stores under faults", function()
     assert.equal("m1", seen.member_id)
     assert.equal(info.refresh_token, assert(bitrix24.file_store(path).load()).refresh_token)
   end)
+
+  it("writes a store through a new 0600 temp file, whatever temp files a killed writer left", function()
+    local path = dir .. "/perm.json"
+    os.remove(path)
+    local mypid = support.read_file("/proc/self/stat"):match("^(%d+)")
+    -- A writer killed mid-write (kill -9) leaves "<path>.tmp.<its pid>":
+    -- one from a process that is gone, and one under this process's pid
+    -- (pids are reused) that is world-readable.
+    local dead = support.run("sh -c 'echo $$'"):match("%d+")
+    for _, pid in ipairs { dead, mypid } do
+      local f = assert(io.open(path .. ".tmp." .. pid, "wb"))
+      f:write("half a write")
+      f:close()
+      os.execute("chmod 644 '" .. path .. ".tmp." .. pid .. "'")
+    end
+    local store = bitrix24.file_store(path)
+    assert.is_true(store:save { access_token = "abcdef", refresh_token = "ghijkl" })
+    assert.equal("600", (support.run("stat -c %a '" .. path .. "'"):gsub("%s+$", "")))
+    assert.equal("abcdef", store.load().access_token)
+    -- No temp file is left: neither ours nor the dead writer's.
+    assert.equal("", (support.run("ls -A '" .. dir .. "' | grep -F 'perm.json.tmp.' || true")))
+  end)
 end)
