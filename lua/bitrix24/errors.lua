@@ -70,6 +70,16 @@ function M.redact(s, secrets)
   return s
 end
 
+-- A copy of a decoded answer with every secret replaced, in keys and
+-- values alike (decoded JSON has no cycles).
+function M.redact_all(v, secrets)
+  if type(v) == "string" then return M.redact(v, secrets) end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[M.redact_all(k, secrets)] = M.redact_all(x, secrets) end
+  return setmetatable(out, getmetatable(v))
+end
+
 -- Programmer errors: raised with a message naming the argument. level is
 -- the frame to blame, counted from the function calling raise (1: its
 -- caller), so the message points at the user's line, not at ours.
