@@ -166,4 +166,16 @@ describe("budget under faults", function()
     end
     assert.equal(0, #portal:requests())
   end)
+
+  it("removes temp files a writer killed mid-write left beside the budget file", function()
+    local path = dir .. "/killed.json"
+    local dead = support.run("sh -c 'echo $$'"):match("%d+")
+    write(path .. ".tmp." .. dead, "half a write")
+    local client = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, tries = 1,
+      budget = bitrix24.file_budget(path) })
+    assert(client:call(ITEMS_GET, { id = 1 }))
+    client:close()
+    assert.equal("", (support.run("(ls -A '" .. dir .. "' | grep -F 'killed.json.tmp.' || true)")))
+    assert.equal("600", (support.run("stat -c %a '" .. path .. "'"):gsub("%s+$", "")))
+  end)
 end)

@@ -236,6 +236,6 @@ describe("token stores under faults", function()
     assert.equal("600", (support.run("stat -c %a '" .. path .. "'"):gsub("%s+$", "")))
     assert.equal("abcdef", store.load().access_token)
     -- No temp file is left: neither ours nor the dead writer's.
-    assert.equal("", (support.run("ls -A '" .. dir .. "' | grep -F 'perm.json.tmp.' || true")))
+    assert.equal("", (support.run("(ls -A '" .. dir .. "' | grep -F 'perm.json.tmp.' || true)")))
   end)
 end)

@@ -165,13 +165,14 @@ static void remove_stale_temps(const char *path)
     closedir(d);
 }
 
-/* core.write_file(path, data): the new content appears whole or not at
+/* core.write_file(path, data [, clean]): the new content appears whole or not at
  * all (a temporary file beside it, flushed, then renamed over it), and
  * is readable by the owner only, since it may hold tokens. The temporary
  * file is created anew (O_EXCL, 0600): reusing a leftover of the same
  * name would keep that file's mode (a stale 0644 one made a token store
  * world-readable). Callers hold the store's lock, so two writers never
- * share a name; leftovers of dead writers are removed first. */
+ * share a name; with clean, leftovers of dead writers are removed first
+ * (a directory scan: frequent writers ask for it once). */
 static int sys_write_file(lua_State *L)
 {
     size_t len, done = 0;
@@ -180,7 +181,8 @@ static int sys_write_file(lua_State *L)
     const char *tmp = lua_pushfstring(L, "%s.tmp.%d", path, (int)getpid());
     int fd, e = 0;
 
-    remove_stale_temps(path);
+    if (lua_toboolean(L, 3))
+        remove_stale_temps(path);
     unlink(tmp);   /* ours, left by an earlier process with this pid */
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {

@@ -356,7 +356,7 @@ function M.file_store(path)
     save = function(_, tokens)
       local ok, text = pcall(json.encode, tokens)
       if not ok then return nil, "cannot encode the tokens: " .. tostring(text) end
-      return core.write_file(path, text)
+      return core.write_file(path, text, true)   -- rare: clean up after killed writers each time
     end,
     lock = function()
       local lock, err = core.lock(path .. ".lock", 60)

@@ -84,6 +84,14 @@ function M.file_budget(path)
   if type(path) ~= "string" or path == "" then
     errors.raise(1, "file_budget: path must be a non-empty string")
   end
+  -- The first write of this process also removes temp files of writers
+  -- killed mid-write (a directory scan, too costly for every request).
+  local cleaned = false
+  local function write(text)
+    local ok, err = core.write_file(path, text, not cleaned)
+    cleaned = true
+    return ok, err
+  end
   local function locked(key, fn)
     local all, bad
     local f = io.open(path, "rb")
@@ -94,12 +102,12 @@ function M.file_budget(path)
       all = {}
     end
     if bad then
-      local ok, err = core.write_file(path, json.encode(all))
+      local ok, err = write(json.encode(all))
       return nil, "the budget file " .. path .. " was corrupt (" .. bad .. ")"
         .. (ok and "; it has been repaired" or "; repairing it failed: " .. tostring(err))
     end
     local text, result = apply(all, key, fn)
-    local ok, err = core.write_file(path, text)
+    local ok, err = write(text)
     if not ok then return nil, err end
     return result
   end
