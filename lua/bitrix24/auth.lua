@@ -122,7 +122,7 @@ local function seed(auth, allow_http)
   else
     ok, err = save_store(store, auth:snapshot())
   end
-  unlock()
+  pcall(unlock)
   return ok, err
 end
 
