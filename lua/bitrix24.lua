@@ -205,8 +205,10 @@ local TLS_HINT = "; if the portal's certificate comes from its own CA, pass opts
   .. " (or opts.ca_path) with that CA"
 
 local function final_error(a, method, code, description, status, extra, tries)
-  if code == "PORTAL_MOVED" then
-    description = description .. " to " .. tostring(extra) .. "; update the client's URL"
+  if code == "PORTAL_MOVED" and type(extra) ~= "string" then
+    description = description .. " with no Location header: the portal does not say where it went"
+  elseif code == "PORTAL_MOVED" then
+    description = description .. " to " .. extra .. "; update the client's URL"
   elseif code == "TLS_ERROR" and not description:find("lua_ssl_trusted_certificate", 1, true) then
     -- (the nginx transport names its own remedy: opts.ca_file has no effect there)
     description = description .. TLS_HINT
@@ -214,7 +216,8 @@ local function final_error(a, method, code, description, status, extra, tries)
   if tries > 1 then description = description .. " (after " .. tries .. " tries)" end
   local err = fail(a, method, code, description, status)
   err.tries = tries
-  if type(extra) == "table" then err.response = extra end
+  -- The raw envelope may echo what was sent (a token, the webhook code).
+  if type(extra) == "table" then err.response = errors.redact_all(extra, a.secrets) end
   return err
 end
 
@@ -235,7 +238,10 @@ local function perform(self, method, body, safe)
     tries = tries + 1
     local token = a.access_token
     if opts.on_request then
-      opts.on_request { method = method, url = a.shown .. method }
+      -- The URL really requested (after a redirect, where it went), shown
+      -- without its secret.
+      local shown = url:sub(1, #a.base) == a.base and a.shown .. url:sub(#a.base + 1) or url
+      opts.on_request { method = method, url = errors.redact(shown, a.secrets) }
     end
     local started = opts.on_response and core.monotonic()
     -- A request that is not safe to repeat is marked a write (the 5th

@@ -105,9 +105,19 @@ static int push_portal_error(lua_State *L, long status, int env)
     /* Stack: error, code-ish, description-ish. */
     if (lua_type(L, -2) == LUA_TSTRING || lua_type(L, -2) == LUA_TNUMBER)
         code = lua_tostring(L, -2);
-    if (lua_type(L, -1) != LUA_TSTRING) {
+    if (lua_type(L, -1) != LUA_TSTRING || b24_rawlen(L, -1) == 0) {
+        /* Say what came rather than nothing: {"error": null} or
+         * {"error": false} would otherwise read as an empty error. */
+        int t;
         lua_pop(L, 1);
-        lua_pushliteral(L, "");
+        t = lua_type(L, -1);
+        if (t == LUA_TSTRING || t == LUA_TNUMBER)
+            lua_pushfstring(L, "HTTP %d answer with error \"%s\" and no description",
+                            (int)status, lua_tostring(L, -1));
+        else
+            lua_pushfstring(L, "HTTP %d answer with error %s and no description", (int)status,
+                            t == LUA_TBOOLEAN ? (lua_toboolean(L, -1) ? "true" : "false")
+                            : t == LUA_TTABLE ? "{...}" : "null");
     }
     lua_pushnil(L);
     lua_pushstring(L, code);

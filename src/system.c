@@ -4,9 +4,12 @@
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -121,18 +124,67 @@ static int sys_lock(lua_State *L)
     return 1;
 }
 
-/* core.write_file(path, data): the new content appears whole or not at
+/* Removes path's temporary files ("<path>.tmp.<pid>") left by writers
+ * that died mid-write (kill -9): a file whose pid no longer runs. Those
+ * of live writers are theirs to finish. Best effort: errors are ignored. */
+static void remove_stale_temps(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t dirlen = slash ? (size_t)(slash - path) : 0;
+    size_t baselen = strlen(base);
+    char dir[4096], stale[4096];
+    DIR *d;
+    struct dirent *e;
+
+    if (dirlen + 1 >= sizeof dir)
+        return;
+    if (slash) {
+        memcpy(dir, path, dirlen ? dirlen : 1);
+        dir[dirlen ? dirlen : 1] = '\0';
+    } else {
+        strcpy(dir, ".");
+    }
+    d = opendir(dir);
+    if (!d)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        const char *pidtext = e->d_name + baselen + 5;
+        char *end;
+        long pid;
+        if (strncmp(e->d_name, base, baselen) != 0 || strncmp(e->d_name + baselen, ".tmp.", 5) != 0)
+            continue;
+        pid = strtol(pidtext, &end, 10);
+        if (end == pidtext || *end != '\0' || pid <= 0)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;
+        if ((size_t)snprintf(stale, sizeof stale, "%s/%s", dir, e->d_name) < sizeof stale)
+            unlink(stale);
+    }
+    closedir(d);
+}
+
+/* core.write_file(path, data [, clean]): the new content appears whole or not at
  * all (a temporary file beside it, flushed, then renamed over it), and
- * is readable by the owner only, since it may hold tokens. */
+ * is readable by the owner only, since it may hold tokens. The temporary
+ * file is created anew (O_EXCL, 0600): reusing a leftover of the same
+ * name would keep that file's mode (a stale 0644 one made a token store
+ * world-readable). Callers hold the store's lock, so two writers never
+ * share a name; with clean, leftovers of dead writers are removed first
+ * (a directory scan: frequent writers ask for it once). */
 static int sys_write_file(lua_State *L)
 {
     size_t len, done = 0;
     const char *path = luaL_checkstring(L, 1);
     const char *data = luaL_checklstring(L, 2, &len);
     const char *tmp = lua_pushfstring(L, "%s.tmp.%d", path, (int)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    int e = 0;
+    int fd, e = 0;
 
+    if (lua_toboolean(L, 3))
+        remove_stale_temps(path);
+    unlink(tmp);   /* ours, left by an earlier process with this pid */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) {
         e = errno;
         goto fail;

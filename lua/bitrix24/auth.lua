@@ -58,6 +58,74 @@ Tokens.__index = Tokens
 
 local FIELDS = { "access_token", "refresh_token", "client_id", "client_secret" }
 
+-- A store holds whatever was written there (by hand, by an older version,
+-- half a write): a token set from it is used only when it is one, so a
+-- wrong type never reaches a request or an error raised deep inside.
+local function check_saved(t, allow_http)
+  if type(t) ~= "table" then return nil, "it holds no token set" end
+  if type(t.access_token) ~= "string" or t.access_token == "" then
+    return nil, "its access_token is not a non-empty string"
+  end
+  if t.refresh_token ~= nil and (type(t.refresh_token) ~= "string" or t.refresh_token == "") then
+    return nil, "its refresh_token is not a non-empty string"
+  end
+  if t.client_endpoint ~= nil and not pcall(M.check_url, t.client_endpoint, "client_endpoint", allow_http, 1) then
+    return nil, "its client_endpoint is not a usable URL"
+  end
+  return t
+end
+
+-- The store's own functions may fail in any way (a store is user code):
+-- each returns value | nil, err here, and never raises.
+-- load -> tokens | nil (empty) | nil, err (unreadable or not a token set).
+local function load_store(store, allow_http)
+  local ok, t, err = pcall(store.load, store)
+  if not ok then return nil, "load failed: " .. tostring(t) end
+  if t == nil then return nil, err and tostring(err) or nil end
+  local good, why = check_saved(t, allow_http)
+  if not good then return nil, why end
+  return t
+end
+
+local function save_store(store, tokens)
+  local ok, done, err = pcall(store.save, store, tokens)
+  if not ok then return nil, tostring(done) end
+  if not done then return nil, tostring(err) end
+  return true
+end
+
+-- -> unlock function (a no-op for a store without lock) | nil, err
+local function lock_store(store)
+  if not store.lock then return function() end end
+  local ok, unlock, err = pcall(store.lock, store)
+  if not ok then return nil, tostring(unlock) end
+  if type(unlock) ~= "function" then return nil, tostring(err) end
+  return unlock
+end
+
+-- Seeds an empty store with the config's tokens, under the store's lock
+-- and only if it is still empty then: another process may have seeded it,
+-- refreshed and saved the rotated refresh token meanwhile, and writing the
+-- config's (now dead) refresh token over it would cost everyone a manual
+-- re-authorization. Returns true | nil, err.
+local function seed(auth, allow_http)
+  local store = auth.store
+  local unlock, err = lock_store(store)
+  if not unlock then return nil, "cannot lock it: " .. err end
+  local saved, why = load_store(store, allow_http)
+  local ok
+  if saved then
+    auth:adopt(saved, allow_http)
+    ok = true
+  elseif why then
+    ok, err = nil, why
+  else
+    ok, err = save_store(store, auth:snapshot())
+  end
+  pcall(unlock)
+  return ok, err
+end
+
 function M.oauth(cfg, opts, level)
   for _, k in ipairs(FIELDS) do
     if cfg[k] ~= nil and (type(cfg[k]) ~= "string" or cfg[k] == "") then
@@ -78,22 +146,32 @@ function M.oauth(cfg, opts, level)
     access_token = cfg.access_token, refresh_token = cfg.refresh_token,
     client_id = cfg.client_id, client_secret = cfg.client_secret,
     on_refresh = cfg.on_refresh, store = store, secrets = {},
+    -- Tokens this client replaced by newer ones: a store still holding
+    -- them is behind (its save failed), and must not be reloaded over
+    -- the newer tokens in memory.
+    retired = {},
   }, Tokens)
   local endpoint = cfg.endpoint
   -- The store holds the newest tokens (another process may have rotated
-  -- them since this config was written); an empty store is seeded.
-  local saved = store and store:load()
-  if type(saved) == "table" and type(saved.access_token) == "string" then
+  -- them since this config was written). A store that cannot be read or
+  -- holds no token set is left as it is (a person may still recover a
+  -- refresh token from it); the next refresh reports it.
+  local saved, why
+  if store then saved, why = load_store(store, opts.allow_http) end
+  if saved then
     auth.access_token, auth.refresh_token = saved.access_token, saved.refresh_token or auth.refresh_token
     endpoint = saved.client_endpoint or endpoint
   end
-  if auth.access_token == nil then errors.raise(level, "oauth config: access_token is required") end
+  if auth.access_token == nil then
+    errors.raise(level, "oauth config: access_token is required%s",
+      why and (" (the store cannot be used: " .. why .. ")") or "")
+  end
   auth.base, auth.origin = M.check_url(endpoint, "oauth config: endpoint", opts.allow_http, level + 1)
   auth.shown = auth.base
   auth:remember_secrets()
-  if store and saved == nil then
-    local ok, err = store:save(auth:snapshot())
-    if not ok then errors.raise(level, "oauth config: store: %s", tostring(err)) end
+  if store and not saved and not why then
+    local ok, err = seed(auth, opts.allow_http)
+    if not ok then errors.raise(level, "oauth config: store: %s", errors.redact(err, auth.secrets)) end
   end
   return auth
 end
@@ -112,6 +190,12 @@ function Tokens:snapshot(extra)
   }
   for k, v in pairs(extra or {}) do t[k] = v end
   return t
+end
+
+-- Whether a token set from the store is older than what this client holds.
+function Tokens:is_stale(saved)
+  return self.retired[saved.access_token] or (saved.refresh_token ~= nil and self.retired[saved.refresh_token])
+    or false
 end
 
 local function urlencode(s)
@@ -144,6 +228,10 @@ end
 
 -- Takes the new tokens in and hands them to the store and on_refresh.
 function Tokens:adopt(t, allow_http)
+  if self.access_token and self.access_token ~= t.access_token then self.retired[self.access_token] = true end
+  if t.refresh_token and self.refresh_token and self.refresh_token ~= t.refresh_token then
+    self.retired[self.refresh_token] = true
+  end
   self.access_token = t.access_token
   self.refresh_token = t.refresh_token or self.refresh_token
   if type(t.client_endpoint) == "string" then
@@ -153,34 +241,63 @@ function Tokens:adopt(t, allow_http)
   self:remember_secrets()
 end
 
+-- What the token endpoint answered, as it goes to on_refresh and the
+-- store: the known fields, and only strings and finite numbers (a hostile
+-- answer's tables or 1e999 would make the store's JSON encoder raise).
+local TOKEN_FIELDS = { "access_token", "refresh_token", "expires", "expires_in", "client_endpoint",
+  "server_endpoint", "member_id", "domain", "scope" }
+
+local function token_set(t)
+  local out = {}
+  for _, k in ipairs(TOKEN_FIELDS) do
+    local v = t[k]
+    if (type(v) == "string" and v ~= "") or (type(v) == "number" and v == v and v > -math.huge and v < math.huge
+        and k ~= "access_token" and k ~= "refresh_token") then
+      out[k] = v
+    end
+  end
+  return out
+end
+
 local function refresh_locked(self, http, used, allow_http)
   local store = self.store
   if store then
-    local saved = store:load()
-    if type(saved) == "table" and saved.access_token and saved.access_token ~= used then
-      -- Another process refreshed while we waited for the lock.
-      self:adopt(saved, allow_http)
-      return true
+    local saved, why = load_store(store, allow_http)
+    if why then
+      -- It may hold a newer refresh token than ours: overwriting it, or
+      -- refreshing without knowing, could lose that one for good.
+      return nil, "STORE_ERROR", "cannot use the token store (" .. why .. "); nothing was refreshed: "
+        .. "fix or remove it"
     end
-    if type(saved) == "table" and saved.refresh_token then self.refresh_token = saved.refresh_token end
+    if saved and not self:is_stale(saved) then
+      if saved.access_token ~= used then
+        -- Another process refreshed while we waited for the lock.
+        self:adopt(saved, allow_http)
+        return true
+      end
+      if saved.refresh_token then self.refresh_token = saved.refresh_token end
+    end
+    -- (A stale store, one whose save failed earlier, is simply overwritten
+    -- below with the newer tokens this client holds.)
   end
   local t, code, description, status = ask_token_endpoint(self, http)
   if not t then return nil, code, description, status end
-  self:adopt(t, allow_http)
-  local tokens = {
-    access_token = t.access_token, refresh_token = t.refresh_token,
-    expires = t.expires, expires_in = t.expires_in,
-    client_endpoint = t.client_endpoint, server_endpoint = t.server_endpoint,
-    member_id = t.member_id, domain = t.domain, scope = t.scope,
-  }
-  if store then
-    local ok, err = store:save(tokens)
-    if not ok then
-      return nil, "STORE_ERROR", "the token was refreshed but the store could not save it ("
-        .. tostring(err) .. "); the new tokens went to on_refresh"
-    end
+  local tokens = token_set(t)
+  self:adopt(tokens, allow_http)
+  -- on_refresh first, whatever the store does: it is the caller's own
+  -- copy of the rotated refresh token, and the only one if the store
+  -- fails. A raising on_refresh is a bug in the caller: raised, but only
+  -- after the store has the tokens.
+  local hook_ok, hook_err = true, nil
+  if self.on_refresh then hook_ok, hook_err = pcall(self.on_refresh, tokens) end
+  local saved, err = true, nil
+  if store then saved, err = save_store(store, tokens) end
+  if not hook_ok then error(hook_err, 0) end
+  if not saved then
+    return nil, "STORE_ERROR", "the token was refreshed but the store could not save it ("
+      .. err .. "); this client keeps the new tokens and will save them at its next refresh"
+      .. (self.on_refresh and ", and they went to on_refresh" or "")
   end
-  if self.on_refresh then self.on_refresh(tokens) end
   return true
 end
 
@@ -197,16 +314,16 @@ function Tokens:refresh(http, used, allow_http, sleep)
   if self.access_token ~= used then return true end
   self.refreshing = true
   local unlock
-  if self.store and self.store.lock then
+  if self.store then
     local err
-    unlock, err = self.store:lock()
+    unlock, err = lock_store(self.store)
     if not unlock then
       self.refreshing = false
-      return nil, "STORE_ERROR", "cannot lock the token store: " .. tostring(err)
+      return nil, "STORE_ERROR", "cannot lock the token store: " .. err
     end
   end
   local ok, a, b, c, d = pcall(refresh_locked, self, http, used, allow_http)
-  if unlock then unlock() end
+  if unlock then pcall(unlock) end
   self.refreshing = false
   if not ok then error(a, 0) end
   return a, b, c, d
@@ -221,17 +338,25 @@ function M.file_store(path)
   end
   return {
     path = path,
+    -- A missing file is an empty store; one that cannot be read or is
+    -- not a JSON object is an error, not "empty" (seeding over it would
+    -- destroy a refresh token a person might still recover).
     load = function()
-      local f = io.open(path, "rb")
-      if not f then return nil end
+      local f, err, errno = io.open(path, "rb")
+      if not f then
+        if errno == 2 then return nil end   -- ENOENT
+        return nil, tostring(err)
+      end
       local text = f:read("*a")
       f:close()
       local t = core.json_decode(text)
-      if type(t) ~= "table" then return nil end
+      if type(t) ~= "table" then return nil, path .. " is not a JSON object" end
       return t
     end,
     save = function(_, tokens)
-      return core.write_file(path, json.encode(tokens))
+      local ok, text = pcall(json.encode, tokens)
+      if not ok then return nil, "cannot encode the tokens: " .. tostring(text) end
+      return core.write_file(path, text, true)   -- rare: clean up after killed writers each time
     end,
     lock = function()
       local lock, err = core.lock(path .. ".lock", 60)
@@ -251,11 +376,15 @@ function M.shared_dict_store(dict, key)
   return {
     load = function()
       local raw = dict:get(name)
+      if raw == nil then return nil end
       local t = type(raw) == "string" and core.json_decode(raw)
-      return type(t) == "table" and t or nil
+      if type(t) ~= "table" then return nil, "the shared dict's " .. name .. " is not a JSON object" end
+      return t
     end,
     save = function(_, tokens)
-      return dict:set(name, json.encode(tokens))
+      local ok, text = pcall(json.encode, tokens)
+      if not ok then return nil, "cannot encode the tokens: " .. tostring(text) end
+      return dict:set(name, text)
     end,
     -- Held across the token request, so it expires after 30 s in case the
     -- worker holding it dies.

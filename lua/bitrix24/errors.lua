@@ -6,8 +6,11 @@
 local Error = {}
 Error.__index = Error
 
--- Codes the client itself uses when Bitrix24 gave none. Any other code
--- came from the portal, unchanged (it can be the empty string).
+-- Every code the client itself produces, with what it means: their kind
+-- is "client". Any other code came from the portal (or its token
+-- endpoint), unchanged (it can be the empty string): kind "portal". The
+-- limiter's own give-ups have their own codes, so a call the client never
+-- sent cannot be mistaken for the portal's 503 or 429.
 local CLIENT_CODES = {
   NETWORK_ERROR = "the request or the answer was lost on the network",
   TIMEOUT = "the call took longer than the timeout",
@@ -16,6 +19,10 @@ local CLIENT_CODES = {
   PORTAL_MOVED = "the portal answered with a redirect",
   RESPONSE_TOO_LARGE = "the answer is larger than max_response",
   REFRESH_FAILED = "the OAuth token could not be refreshed",
+  STORE_ERROR = "the token store could not be locked, read or written",
+  BUDGET_ERROR = "the rate-limit budget could not be read or written",
+  RATE_LIMIT_WAIT = "the client's rate-limit bucket would delay the call past its deadline; not sent",
+  OPERATING_TIME_WAIT = "the method's operating time unblocks after max_wait or the deadline; not sent",
   NO_CONFIG = "no credentials in the environment",
 }
 
@@ -61,6 +68,16 @@ function M.redact(s, secrets)
     end
   end
   return s
+end
+
+-- A copy of a decoded answer with every secret replaced, in keys and
+-- values alike (decoded JSON has no cycles).
+function M.redact_all(v, secrets)
+  if type(v) == "string" then return M.redact(v, secrets) end
+  if type(v) ~= "table" then return v end
+  local out = {}
+  for k, x in pairs(v) do out[M.redact_all(k, secrets)] = M.redact_all(x, secrets) end
+  return setmetatable(out, getmetatable(v))
 end
 
 -- Programmer errors: raised with a message naming the argument. level is

@@ -35,44 +35,91 @@ M.OPERATING_LIMIT = 480
 
 -- update(key, fn): runs fn(state) -> new_state, result with the state of
 -- one portal's bucket, atomically for every user of the store; returns
--- result, or nil, err when the store failed.
+-- result, or nil, err when the store failed. It never raises and always
+-- gives its lock back: a corrupt file or a raising fn must not stall every
+-- other process for the lock's timeout.
 
 local memory = {}
 
 function M.memory_budget()
   return {
     update = function(_, key, fn)
-      local state, result = fn(memory[key] or {})
+      local ok, state, result = pcall(fn, memory[key] or {})
+      if not ok then return nil, tostring(state) end
       memory[key] = state
       return result
     end,
   }
 end
 
+-- The states of a budget file or dict entry, checked: a table of tables
+-- that JSON can hold again (a level of 1e999 decodes to inf, which the
+-- encoder refuses). Returns the usable part and what was wrong, if anything.
+local function clean_states(all)
+  if type(all) ~= "table" then return {}, "it is not a JSON object" end
+  local bad
+  for k, v in pairs(all) do
+    if type(k) ~= "string" or type(v) ~= "table" or not pcall(json.encode, v) then
+      all[k] = nil
+      bad = bad or ("its entry " .. string.format("%q", tostring(k)) .. " is not a budget state")
+    end
+  end
+  return all, bad
+end
+
+-- Runs fn on the state under key of the decoded budget `all`; returns the
+-- new whole budget's JSON text and fn's result. Raises on a failing fn or
+-- encoder (the caller catches it).
+local function apply(all, key, fn)
+  local state, result = fn(all[key] or {})
+  all[key] = state
+  return json.encode(all), result
+end
+
 --- A budget in a file, shared by the processes of one machine: every
---- update reads and writes it under an exclusive lock.
+--- update reads and writes it under an exclusive lock. A file that holds
+--- something else (corrupt, hostile) is repaired: the bad part is dropped
+--- and the call that met it gets BUDGET_ERROR.
 function M.file_budget(path)
   if type(path) ~= "string" or path == "" then
     errors.raise(1, "file_budget: path must be a non-empty string")
+  end
+  -- The first write of this process also removes temp files of writers
+  -- killed mid-write (a directory scan, too costly for every request).
+  local cleaned = false
+  local function write(text)
+    local ok, err = core.write_file(path, text, not cleaned)
+    cleaned = true
+    return ok, err
+  end
+  local function locked(key, fn)
+    local all, bad
+    local f = io.open(path, "rb")
+    if f then
+      all, bad = clean_states(core.json_decode(f:read("*a") or ""))
+      f:close()
+    else
+      all = {}
+    end
+    if bad then
+      local ok, err = write(json.encode(all))
+      return nil, "the budget file " .. path .. " was corrupt (" .. bad .. ")"
+        .. (ok and "; it has been repaired" or "; repairing it failed: " .. tostring(err))
+    end
+    local text, result = apply(all, key, fn)
+    local ok, err = write(text)
+    if not ok then return nil, err end
+    return result
   end
   return {
     path = path,
     update = function(_, key, fn)
       local lock, err = core.lock(path .. ".lock", 60)
       if not lock then return nil, err end
-      local all
-      local f = io.open(path, "rb")
-      if f then
-        all = core.json_decode(f:read("*a"))
-        f:close()
-      end
-      if type(all) ~= "table" then all = {} end
-      local state, result = fn(type(all[key]) == "table" and all[key] or {})
-      all[key] = state
-      local ok, werr = core.write_file(path, json.encode(all))
+      local ok, result, uerr = pcall(locked, key, fn)
       lock:unlock()
-      if not ok then return nil, werr end
-      return result
+      if not ok then return nil, "the budget file " .. path .. ": " .. tostring(result) end
+      return result, uerr
     end,
   }
 end
@@ -87,21 +134,30 @@ local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
 
 function M.shared_dict_budget(dict)
   dict = shared_dict.resolve(dict, "shared_dict_budget", 1)
+  local function locked(state_key, fn)
+    local raw, state = dict:get(state_key), {}
+    if raw ~= nil then
+      state = type(raw) == "string" and core.json_decode(raw)
+      if type(state) ~= "table" or not pcall(json.encode, state) then
+        dict:delete(state_key)
+        return nil, "the shared dict's " .. state_key .. " held no budget state; it has been reset"
+      end
+    end
+    local new_state, result = fn(state)
+    local saved, err = dict:set(state_key, json.encode(new_state))
+    if not saved then return nil, "shared dict: " .. tostring(err) end
+    return result
+  end
   return {
     dict = dict,
     update = function(_, key, fn)
       local state_key = "bitrix24:budget:" .. key
       local unlock, lerr = shared_dict.lock(dict, "bitrix24:lock:" .. key, LOCK_TTL, LOCK_WAIT, LOCK_POLL)
       if not unlock then return nil, lerr end
-      local raw = dict:get(state_key)
-      local state = type(raw) == "string" and core.json_decode(raw)
-      local ok, new_state, result = pcall(fn, type(state) == "table" and state or {})
-      local saved, err = true, nil
-      if ok then saved, err = dict:set(state_key, json.encode(new_state)) end
+      local ok, result, err = pcall(locked, state_key, fn)
       unlock()
-      if not ok then error(new_state, 0) end
-      if not saved then return nil, "shared dict: " .. tostring(err) end
-      return result
+      if not ok then return nil, "shared dict " .. state_key .. ": " .. tostring(result) end
+      return result, err
     end,
   }
 end
@@ -135,24 +191,50 @@ function M.new(key, opts, env)
   }, Limiter)
 end
 
--- Reserves one request in the bucket and returns how long to wait before
--- sending it. The reservation is made at once, so processes sharing the
--- budget queue up instead of all waking at the same moment. One unit of
--- the ceiling is kept spare: the portal's clock sees our requests a little
--- later than we send them.
-function Limiter:reserve(now)
+-- A finite number, or nil.
+local function finite(v)
+  return type(v) == "number" and v == v and v > -math.huge and v < math.huge and v or nil
+end
+
+-- Reserves one request in the bucket and returns { wait = seconds before
+-- sending it, taken = true }. The reservation is made at once, so
+-- processes sharing the budget queue up instead of all waking at the same
+-- moment. One unit of the ceiling is kept spare: the portal's clock sees
+-- our requests a little later than we send them.
+-- When the wait would pass `deadline` nothing is reserved ({ taken =
+-- false }): a reservation never used would stay in the bucket, and every
+-- process sharing it would wait for requests that never come.
+-- So a level is never above burst + rate * opts.deadline (the longest wait
+-- this client reserves); one read above it (left by an older version, or
+-- written by hand) is clamped to it, one that is not a number counts as a
+-- full bucket, and a `last` in the future as now.
+function Limiter:reserve(now, deadline)
   local rate, cap = self.rate, math.max(1, self.burst - 1)
-  return self.budget:update(self.key, function(state)
-    local level, last = tonumber(state.level) or 0, tonumber(state.last) or now
-    if now > last then level = math.max(0, level - (now - last) * rate) end
-    level = level + 1
-    return { level = level, last = math.max(now, last) }, math.max(0, (level - cap) / rate)
+  local ceiling = cap + rate * self.deadline
+  local ok, r, err = pcall(self.budget.update, self.budget, self.key, function(state)
+    local level, last = finite(state.level), finite(state.last)
+    if state.level == nil then level = 0 elseif not level or level < 0 then level = cap end
+    if not last or last > now then last = now end
+    level = math.max(0, math.min(level, ceiling) - (now - last) * rate)
+    local wait = math.max(0, (level + 1 - cap) / rate)
+    if now + wait > deadline then return { level = level, last = now }, { wait = wait, taken = false } end
+    return { level = math.min(level + 1, ceiling), last = now }, { wait = wait, taken = true }
   end)
+  -- A budget of the caller's own (Redis, ...) may raise: its failure is
+  -- returned like any other.
+  if not ok then return nil, tostring(r) end
+  if type(r) ~= "table" then return nil, tostring(err) end
+  return r
+end
+
+local function utc(t)
+  return os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(t))
 end
 
 -- Waits until the bucket and the method's operating time allow one more
 -- request. Returns true, or nil, code, description when it would have to
--- wait past max_wait or the deadline.
+-- wait past max_wait or the deadline (the client's own codes: the request
+-- was not sent) or the budget failed.
 function Limiter:acquire(method, deadline)
   local now = self.now()
   local op = self.operating[method]
@@ -161,21 +243,22 @@ function Limiter:acquire(method, deadline)
     -- first (operating_reset_at is in whole seconds, hence the 1).
     local wait = op.reset_at + 1 - now
     if wait > self.max_wait or now + wait > deadline then
-      return nil, "OPERATION_TIME_LIMIT", string.format(
-        "%s has used %.0f s of its %d s operating time; it unblocks at %s (in %.0f s), past max_wait",
-        method, op.used, self.operating_limit, os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(op.reset_at)), wait)
+      return nil, "OPERATING_TIME_WAIT", string.format(
+        "%s has used %.0f s of its %g s operating time; it unblocks at %s (in %.0f s), past max_wait or "
+        .. "the deadline; not sent", method, op.used, self.operating_limit, utc(op.reset_at), wait)
     end
     self.sleep(wait)
     op.used = 0
     now = self.now()
   end
   if not self.enabled then return true end
-  local wait, err = self:reserve(now)
-  if not wait then return nil, "BUDGET_ERROR", "the shared budget failed: " .. tostring(err) end
-  if now + wait > deadline then
-    return nil, "QUERY_LIMIT_EXCEEDED", string.format("the rate limit would delay the call past its deadline (%.1f s)", wait)
+  local r, err = self:reserve(now, deadline)
+  if not r then return nil, "BUDGET_ERROR", "the rate-limit budget failed: " .. tostring(err) end
+  if not r.taken then
+    return nil, "RATE_LIMIT_WAIT", string.format(
+      "the client's rate limit would delay the call %.1f s, past its deadline; not sent", r.wait)
   end
-  if wait > 0 then self.sleep(wait) end
+  if r.wait > 0 then self.sleep(r.wait) end
   return true
 end
 
