@@ -238,7 +238,10 @@ local function perform(self, method, body, safe)
       opts.on_request { method = method, url = a.shown .. method }
     end
     local started = opts.on_response and core.monotonic()
-    local result, code, description, status, extra = http:call(url, with_auth(body, token))
+    -- The attempt ends by the deadline too: the transport takes the smaller
+    -- of its own timeout and what is left (at least a moment, so it can say TIMEOUT).
+    local left = math.max(deadline - env.now(), 0.001)
+    local result, code, description, status, extra = http:call(url, with_auth(body, token), left)
     if result then status, code = code, nil end
     if opts.on_response then
       opts.on_response {

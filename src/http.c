@@ -17,12 +17,18 @@
 #define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
 #define MAX_RESPONSE_LIMIT (1024.0 * 1024 * 1024)
 #define MAX_SECONDS 86400
+/* All header lines of an answer, interim ones included: below libcurl's
+ * own 300 KiB, so an answer with too many header bytes ends as
+ * RESPONSE_TOO_LARGE here, as it does on the nginx transport. */
+#define MAX_HEADER_BYTES (256 * 1024)
 
 typedef struct {
     CURL *curl;
     struct curl_slist *headers;
     char *buf;
     size_t len, cap, max;
+    size_t header_len;   /* header bytes of the current answer */
+    long timeout_ms;     /* the handle's own timeout (a call may pass a shorter one) */
     int too_large;
     char errbuf[CURL_ERROR_SIZE];
 } b24_http;
@@ -50,7 +56,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     b24_http *h = ud;
     size_t add = size * n;
 
-    if (add > h->max - h->len) {
+    /* header_len + len <= max always holds: no underflow */
+    if (add > h->max - h->header_len - h->len) {
         h->too_large = 1;
         return 0;
     }
@@ -67,6 +74,21 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     }
     memcpy(h->buf + h->len, data, add);
     h->len += add;
+    return add;
+}
+
+/* Header bytes count towards max_response, as on the nginx transport. */
+static size_t on_header(char *data, size_t size, size_t n, void *ud)
+{
+    b24_http *h = ud;
+    size_t add = size * n;
+
+    (void)data;
+    if (add > MAX_HEADER_BYTES - h->header_len || add > h->max - h->header_len - h->len) {
+        h->too_large = 1;
+        return 0;
+    }
+    h->header_len += add;
     return add;
 }
 
@@ -141,6 +163,7 @@ static int http_new(lua_State *L)
     h = lua_newuserdata(L, sizeof *h);
     memset(h, 0, sizeof *h);
     h->max = (size_t)max;
+    h->timeout_ms = timeout_ms;
     luaL_getmetatable(L, B24_HTTP_MT);
     lua_setmetatable(L, -2);
 
@@ -161,6 +184,8 @@ static int http_new(lua_State *L)
     SET(CURLOPT_ERRORBUFFER, h->errbuf);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, h);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, h);
     SET(CURLOPT_TIMEOUT_MS, timeout_ms);
     SET(CURLOPT_CONNECTTIMEOUT_MS, connect_ms);
     SET(CURLOPT_USERAGENT, ua ? ua : "bitrix24-lua");
@@ -207,14 +232,17 @@ static const char *failure_code(CURLcode rc, int too_large)
     }
 }
 
-/* Performs one request; body == NULL means GET. On failure pushes
- * (nil, code, description) and returns 0. */
+/* Performs one request within timeout_ms; body == NULL means GET. On
+ * failure pushes (nil, code, description) and returns 0. */
 static int perform(lua_State *L, b24_http *h, const char *url,
-                   const char *body, size_t len, long *status)
+                   const char *body, size_t len, long timeout_ms, long *status)
 {
     CURLcode rc = curl_easy_setopt(h->curl, CURLOPT_URL, url);
 
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
     h->len = 0;
+    h->header_len = 0;
     h->too_large = 0;
     h->errbuf[0] = '\0';
     if (rc == CURLE_OK && body) {
@@ -262,8 +290,10 @@ static int push_redirect(lua_State *L, b24_http *h, long status)
     return 5;
 }
 
-/* handle:call(url, json_body) -> envelope, status
+/* handle:call(url, json_body [, timeout]) -> envelope, status
  *   | nil, code, description, status, envelope-or-location
+ * timeout: seconds for this call (the caller's deadline may leave less
+ * than the handle's timeout); never more than the handle's timeout.
  * The hot path: request and envelope decoding without a trip to Lua. */
 static int http_call(lua_State *L)
 {
@@ -271,9 +301,16 @@ static int http_call(lua_State *L)
     size_t len;
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_checklstring(L, 3, &len);
-    long status = 0;
+    long timeout_ms = h->timeout_ms, status = 0;
 
-    if (!perform(L, h, url, body, len, &status))
+    if (!lua_isnoneornil(L, 4)) {
+        double s = luaL_checknumber(L, 4);
+        luaL_argcheck(L, s > 0 && s <= MAX_SECONDS, 4, "timeout must be a number of seconds in (0, 86400]");
+        /* below 1 ms would round to libcurl's 0: "no timeout at all" */
+        if (s * 1000.0 < (double)timeout_ms)
+            timeout_ms = s * 1000.0 < 1.0 ? 1 : (long)(s * 1000.0 + 0.5);
+    }
+    if (!perform(L, h, url, body, len, timeout_ms, &status))
         return 3;
     if (status >= 300 && status < 400)
         return push_redirect(L, h, status);
@@ -290,7 +327,7 @@ static int http_request(lua_State *L)
     const char *body = luaL_optlstring(L, 3, NULL, &len);
     long status = 0;
 
-    if (!perform(L, h, url, body, len, &status))
+    if (!perform(L, h, url, body, len, h->timeout_ms, &status))
         return 3;
     lua_pushinteger(L, (lua_Integer)status);
     lua_pushlstring(L, h->buf ? h->buf : "", h->len);
