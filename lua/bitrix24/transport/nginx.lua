@@ -29,7 +29,8 @@ local M = {}
 local DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
 local MAX_RESPONSE_LIMIT = 1024 * 1024 * 1024
 local MAX_SECONDS = 86400
-local READ_SIZE = 16384       -- bytes per receive
+local LINE_READ = 16384       -- bytes per receive while reading lines (the buffer stays small)
+local BODY_READ = 65536       -- bytes per receive in a body of known or unbounded size
 -- Bounds on header lines (status, headers, chunk sizes, trailers), one and
 -- all: below libcurl's own (100 KiB a line, 300 KiB in all in 7.88), so a
 -- server flooding them is refused as libcurl refuses it.
@@ -232,7 +233,7 @@ function Reader:line(what, header)
       if f then return nil, f end
       return line
     end
-    local data, f = self:recv(READ_SIZE, what)
+    local data, f = self:recv(LINE_READ, what)
     if not data then return nil, f end
     self.buf = self.buf .. data
   end
@@ -247,7 +248,7 @@ function Reader:bytes(n, what)
     have = #parts[1]
   end
   while have < n do
-    local data, f = self:recv(math.min(READ_SIZE, n - have), what)
+    local data, f = self:recv(math.min(BODY_READ, n - have), what)
     if not data then return nil, f end
     parts[#parts + 1] = data
     have = have + #data
@@ -263,7 +264,7 @@ function Reader:rest(what)
   self.buf = ""
   while true do
     if not arm(self.t, self.sock, self.deadline) then return nil, timed_out(self.deadline) end
-    local data, err = self.sock:receiveany(READ_SIZE)
+    local data, err = self.sock:receiveany(BODY_READ)
     if not data then
       if err == "closed" then return table.concat(parts) end
       return nil, failure(net_code(err), what .. ": " .. tostring(err))
