@@ -111,6 +111,17 @@ describe("hostile servers, curl transport", function()
   end
 end)
 
+describe("the transport's per-call timeout", function()
+  it("is refused unless a number of seconds, before anything is sent", function()
+    local core = require "bitrix24.core"
+    local h = core.http { timeout = 1 }
+    for _, bad in ipairs { 0, -1, 0 / 0, 86401, "soon" } do
+      assert.has_error(function() h:call("http://127.0.0.1:1/", "{}", bad) end)
+    end
+    h:close()
+  end)
+end)
+
 describe("hostile servers, nginx transport #nginx", function()
   if not nginx.runs_here() then
     pending(nginx.PENDING)
