@@ -244,9 +244,12 @@ local function perform(self, method, body, safe)
       opts.on_request { method = method, url = errors.redact(shown, a.secrets) }
     end
     local started = opts.on_response and core.monotonic()
-    -- A request that is not safe to repeat is marked a write (the 5th
-    -- argument), so the transport never sends it twice on its own.
-    local result, code, description, status, extra = http:call(url, with_auth(body, token), nil, not safe)
+    -- The attempt ends by the deadline too: the transport takes the smaller
+    -- of its own timeout and what is left (at least a moment, so it can say
+    -- TIMEOUT). A request that is not safe to repeat is marked a write, so
+    -- the transport never sends it twice on its own.
+    local left = math.max(deadline - env.now(), 0.001)
+    local result, code, description, status, extra = http:call(url, with_auth(body, token), left, not safe)
     if result then status, code = code, nil end
     if opts.on_response then
       opts.on_response {

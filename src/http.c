@@ -17,12 +17,18 @@
 #define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
 #define MAX_RESPONSE_LIMIT (1024.0 * 1024 * 1024)
 #define MAX_SECONDS 86400
+/* All header lines of an answer, interim ones included: below libcurl's
+ * own 300 KiB, so an answer with too many header bytes ends as
+ * RESPONSE_TOO_LARGE here, as it does on the nginx transport. */
+#define MAX_HEADER_BYTES (256 * 1024)
 
 typedef struct {
     CURL *curl;
     struct curl_slist *headers;
     char *buf;
     size_t len, cap, max;
+    size_t header_len;   /* header bytes of the current answer */
+    long timeout_ms;     /* the handle's own timeout (a call may pass a shorter one) */
     int too_large;
     char errbuf[CURL_ERROR_SIZE];
 } b24_http;
@@ -50,7 +56,8 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     b24_http *h = ud;
     size_t add = size * n;
 
-    if (add > h->max - h->len) {
+    /* header_len + len <= max always holds: no underflow */
+    if (add > h->max - h->header_len - h->len) {
         h->too_large = 1;
         return 0;
     }
@@ -67,6 +74,21 @@ static size_t on_body(char *data, size_t size, size_t n, void *ud)
     }
     memcpy(h->buf + h->len, data, add);
     h->len += add;
+    return add;
+}
+
+/* Header bytes count towards max_response, as on the nginx transport. */
+static size_t on_header(char *data, size_t size, size_t n, void *ud)
+{
+    b24_http *h = ud;
+    size_t add = size * n;
+
+    (void)data;
+    if (add > MAX_HEADER_BYTES - h->header_len || add > h->max - h->header_len - h->len) {
+        h->too_large = 1;
+        return 0;
+    }
+    h->header_len += add;
     return add;
 }
 
@@ -203,6 +225,7 @@ static int http_new(lua_State *L)
     h = lua_newuserdata(L, sizeof *h);
     memset(h, 0, sizeof *h);
     h->max = o.max;
+    h->timeout_ms = o.timeout_ms;
     luaL_getmetatable(L, B24_HTTP_MT);
     lua_setmetatable(L, -2);
 
@@ -217,6 +240,8 @@ static int http_new(lua_State *L)
     SET(CURLOPT_ERRORBUFFER, h->errbuf);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_WRITEDATA, h);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, h);
 #undef SET
     if (rc == CURLE_OK)
         rc = b24_http_apply_opts(h->curl, &o);
@@ -257,7 +282,7 @@ void b24_http_push_failure(lua_State *L, CURLcode rc, int too_large,
         lua_pushstring(L, errbuf[0] ? errbuf : curl_easy_strerror(rc));
 }
 
-/* Performs one request; body == NULL means GET. On failure pushes
+/* Performs one request within timeout_ms; body == NULL means GET. On failure pushes
  * (nil, code, description) and returns 0.
  *
  * is_write: the request is not safe to repeat. libcurl sends a request again,
@@ -267,12 +292,15 @@ void b24_http_push_failure(lua_State *L, CURLcode rc, int too_large,
  * It does so only for a reused connection, so a write goes on a fresh one
  * (CURLOPT_FRESH_CONNECT) and is sent at most once. That connection then
  * stays in the cache for the calls after it. */
-static int perform(lua_State *L, b24_http *h, const char *url,
-                   const char *body, size_t len, int is_write, long *status)
+static int perform(lua_State *L, b24_http *h, const char *url, const char *body,
+                   size_t len, int is_write, long timeout_ms, long *status)
 {
     CURLcode rc = curl_easy_setopt(h->curl, CURLOPT_URL, url);
 
+    if (rc == CURLE_OK)
+        rc = curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
     h->len = 0;
+    h->header_len = 0;
     h->too_large = 0;
     h->errbuf[0] = '\0';
     if (rc == CURLE_OK && body) {
@@ -331,10 +359,11 @@ static void release_large(b24_http *h)
     }
 }
 
-/* handle:call(url, json_body, _, write) -> envelope, status
+/* handle:call(url, json_body [, timeout [, write]]) -> envelope, status
  *   | nil, code, description, status, envelope-or-location
- * write (argument 5; argument 4 is left for a per-call option): true when
- * the request must not be sent twice (see perform).
+ * timeout: seconds for this call (the caller's deadline may leave less
+ * than the handle's timeout); never more than the handle's timeout.
+ * write: true when the request must not be sent twice (see perform).
  * The hot path: request and envelope decoding without a trip to Lua. */
 #define CALL_WRITE_ARG 5
 static int call_answer(lua_State *L, b24_http *h)
@@ -343,9 +372,16 @@ static int call_answer(lua_State *L, b24_http *h)
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_checklstring(L, 3, &len);
     int is_write = lua_toboolean(L, CALL_WRITE_ARG);
-    long status = 0;
+    long timeout_ms = h->timeout_ms, status = 0;
 
-    if (!perform(L, h, url, body, len, is_write, &status))
+    if (!lua_isnoneornil(L, 4)) {
+        double s = luaL_checknumber(L, 4);
+        luaL_argcheck(L, s > 0 && s <= MAX_SECONDS, 4, "timeout must be a number of seconds in (0, 86400]");
+        /* below 1 ms would round to libcurl's 0: "no timeout at all" */
+        if (s * 1000.0 < (double)timeout_ms)
+            timeout_ms = s * 1000.0 < 1.0 ? 1 : (long)(s * 1000.0 + 0.5);
+    }
+    if (!perform(L, h, url, body, len, is_write, timeout_ms, &status))
         return 3;
     if (status >= 300 && status < 400)
         return b24_http_push_redirect(L, h->curl, status);
@@ -361,7 +397,10 @@ static int http_call(lua_State *L)
 }
 
 /* handle:request(url [, body]) -> status, body | nil, code, description
- * For answers that are not REST envelopes (the OAuth token endpoint). */
+ * For answers that are not REST envelopes (the OAuth token endpoint).
+ * Always on a fresh connection: a token request that libcurl re-sent on
+ * its own would present a refresh token the first one already rotated,
+ * and the new tokens of the first would be lost. */
 static int request_answer(lua_State *L, b24_http *h)
 {
     size_t len = 0;
@@ -369,7 +408,7 @@ static int request_answer(lua_State *L, b24_http *h)
     const char *body = luaL_optlstring(L, 3, NULL, &len);
     long status = 0;
 
-    if (!perform(L, h, url, body, len, 0, &status))
+    if (!perform(L, h, url, body, len, 1, h->timeout_ms, &status))
         return 3;
     lua_pushinteger(L, (lua_Integer)status);
     lua_pushlstring(L, h->buf ? h->buf : "", h->len);

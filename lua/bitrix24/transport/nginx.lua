@@ -5,7 +5,7 @@
 -- the same job over ngx_lua's cosockets, which yield to nginx's event loop
 -- instead. It has the interface of the C handle from core.http(opts):
 --
---   t:call(url, json_body) -> envelope, status
+--   t:call(url, json_body [, timeout]) -> envelope, status
 --                           | nil, code, description, status, envelope-or-location
 --   t:request(url [, body]) -> status, body | nil, code, description
 --   t:close()
@@ -29,8 +29,13 @@ local M = {}
 local DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
 local MAX_RESPONSE_LIMIT = 1024 * 1024 * 1024
 local MAX_SECONDS = 86400
-local MAX_HEADERS = 100       -- header lines before the answer counts as broken
-local READ_SIZE = 65536       -- bytes per receive when the body runs to EOF
+local LINE_READ = 16384       -- bytes per receive while reading lines (the buffer stays small)
+local BODY_READ = 65536       -- bytes per receive in a body of known or unbounded size
+-- Bounds on header lines (status, headers, chunk sizes, trailers), one and
+-- all: below libcurl's own (100 KiB a line, 300 KiB in all in 7.88), so a
+-- server flooding them is refused as libcurl refuses it.
+local MAX_LINE = 16384
+local MAX_HEADER_BYTES = 256 * 1024
 
 -- Where ngx_lua lets a request open a cosocket (lua-nginx-module docs,
 -- ngx.socket.tcp "context"). Elsewhere (init, init_worker, set, log,
@@ -155,135 +160,216 @@ end
 
 -- Per-operation socket timeouts are what is left of the call's time, so
 -- `timeout` bounds the whole call like CURLOPT_TIMEOUT does.
+-- deadline: { at = when the call must end, limit = its seconds }.
 local function arm(self, sock, deadline)
   local ngx = self.ngx
   ngx.update_time()
-  local left = deadline - ngx.now()
+  local left = deadline.at - ngx.now()
   if left <= 0 then return false end
   local ms = math.max(1, math.floor(left * 1000))
   sock:settimeouts(math.min(ms, math.floor(self.connect_timeout * 1000)), ms, ms)
   return true
 end
 
-local function timed_out(self)
-  return failure("TIMEOUT", string.format("the call took longer than %g s", self.timeout))
-end
-
-local function read_headers(self, sock, deadline)
-  local version, status
-  local headers = {}
-  -- 1xx answers (100 Continue, 103 Early Hints) precede the real one.
-  repeat
-    if not arm(self, sock, deadline) then return nil, timed_out(self) end
-    local line, err, partial = sock:receive("*l")
-    if not line then
-      -- Nothing at all came back: the server may never have seen the request.
-      return nil, failure(net_code(err), "reading the answer: " .. tostring(err),
-        err ~= "timeout" and (partial or "") == "")
-    end
-    version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
-    if not version then return nil, failure("NETWORK_ERROR", "not an HTTP answer: " .. line:sub(1, 80)) end
-    status = tonumber(status)
-    for i = 1, MAX_HEADERS + 1 do
-      if not arm(self, sock, deadline) then return nil, timed_out(self) end
-      line, err = sock:receive("*l")
-      if not line then return nil, failure(net_code(err), "reading the answer's headers: " .. tostring(err)) end
-      if line == "" then break end
-      local name, value = line:match("^([^:]+):%s*(.-)%s*$")
-      if name then
-        name = name:lower()
-        -- Repeated headers are joined, as HTTP allows for list headers.
-        headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
-      end
-      if i == MAX_HEADERS + 1 then return nil, failure("NETWORK_ERROR", "too many header lines") end
-    end
-  until status >= 200
-  return version, status, headers
+local function timed_out(deadline)
+  return failure("TIMEOUT", string.format("the call took longer than %g s", deadline.limit))
 end
 
 local function too_large(self)
   return failure("RESPONSE_TOO_LARGE", string.format("the answer is larger than max_response (%d bytes)", self.max))
 end
 
-local function read_chunked(self, sock, deadline)
-  local parts, size = {}, 0
-  while true do
-    if not arm(self, sock, deadline) then return nil, timed_out(self) end
-    local line, err = sock:receive("*l")
-    if not line then return nil, failure(net_code(err), "reading a chunk: " .. tostring(err)) end
-    local n = tonumber(line:match("^%s*(%x+)"), 16)
-    if not n then return nil, failure("NETWORK_ERROR", "bad chunk size line: " .. line:sub(1, 40)) end
-    if n == 0 then break end
-    size = size + n
-    if size > self.max then return nil, too_large(self) end
-    if not arm(self, sock, deadline) then return nil, timed_out(self) end
-    local data
-    data, err = sock:receive(n)
-    if not data then return nil, failure(net_code(err), "reading a chunk: " .. tostring(err)) end
-    parts[#parts + 1] = data
-    if not arm(self, sock, deadline) then return nil, timed_out(self) end
-    line, err = sock:receive("*l")   -- the CRLF after the chunk
-    if line ~= "" then return nil, failure(net_code(err), "bad chunk end: " .. tostring(err or line)) end
-  end
-  -- Trailer fields, up to the empty line; we need none of them.
-  for _ = 1, MAX_HEADERS do
-    if not arm(self, sock, deadline) then return nil, timed_out(self) end
-    local line, err = sock:receive("*l")
-    if not line then return nil, failure(net_code(err), "reading the trailer: " .. tostring(err)) end
-    if line == "" then return table.concat(parts) end
-  end
-  return nil, failure("NETWORK_ERROR", "too many trailer lines")
+-- The answer is read through this buffer with receiveany, never with
+-- receive("*l") or receive(n): those grow without limit on a line with no
+-- end, and re-arm their timeout with every byte that trickles in, so a
+-- dripping server could hold the call for ever. Here every read is bounded
+-- in size and armed with what is left of the call's time. Every byte of
+-- the answer (headers, chunk lines, trailers, body) counts towards
+-- max_response.
+local Reader = {}
+Reader.__index = Reader
+
+local function reader(self, sock, deadline)
+  return setmetatable({ t = self, sock = sock, deadline = deadline, buf = "", used = 0, header_bytes = 0,
+    received = 0 }, Reader)
 end
 
--- A body without length or chunks ends when the server closes.
-local function read_to_eof(self, sock, deadline)
-  local parts, size = {}, 0
+-- Up to max more bytes from the socket, or nil, failure (what: for the description).
+function Reader:recv(max, what)
+  if not arm(self.t, self.sock, self.deadline) then return nil, timed_out(self.deadline) end
+  local data, err = self.sock:receiveany(max)
+  if not data then
+    -- Nothing at all came back: the server may never have seen the request.
+    return nil, failure(net_code(err), what .. ": " .. tostring(err), err ~= "timeout" and self.received == 0)
+  end
+  self.received = self.received + #data
+  return data
+end
+
+-- Counts n bytes of the answer; a failure once they pass max_response.
+function Reader:count(n)
+  self.used = self.used + n
+  if self.used > self.t.max then return too_large(self.t) end
+end
+
+-- One line without its CRLF; header: count it towards the header bytes.
+function Reader:line(what, header)
   while true do
-    if not arm(self, sock, deadline) then return nil, timed_out(self) end
-    local data, err, partial = sock:receive(READ_SIZE)
-    data = data or partial
-    size = size + #data
-    if size > self.max then return nil, too_large(self) end
+    local i = self.buf:find("\n", 1, true)
+    if i and i - 1 > MAX_LINE or not i and #self.buf > MAX_LINE then
+      return nil, failure("NETWORK_ERROR", string.format("%s: a line longer than %d bytes", what, MAX_LINE))
+    end
+    if i then
+      local line = self.buf:sub(1, i - 1):gsub("\r$", "")
+      self.buf = self.buf:sub(i + 1)
+      if header then
+        self.header_bytes = self.header_bytes + i
+        if self.header_bytes > MAX_HEADER_BYTES then
+          return nil, failure("RESPONSE_TOO_LARGE",
+            string.format("the answer's header lines are larger than %d bytes", MAX_HEADER_BYTES))
+        end
+      end
+      local f = self:count(i)
+      if f then return nil, f end
+      return line
+    end
+    local data, f = self:recv(LINE_READ, what)
+    if not data then return nil, f end
+    self.buf = self.buf .. data
+  end
+end
+
+-- Exactly n bytes (n already counted by the caller).
+function Reader:bytes(n, what)
+  local parts, have = {}, 0
+  if #self.buf > 0 then
+    parts[1] = self.buf:sub(1, n)
+    self.buf = self.buf:sub(n + 1)
+    have = #parts[1]
+  end
+  while have < n do
+    local data, f = self:recv(math.min(BODY_READ, n - have), what)
+    if not data then return nil, f end
     parts[#parts + 1] = data
-    if err == "closed" then return table.concat(parts) end
-    if err then return nil, failure(net_code(err), "reading the answer: " .. err) end
+    have = have + #data
+  end
+  return table.concat(parts)
+end
+
+-- Everything up to the server's close.
+function Reader:rest(what)
+  local parts = { self.buf }
+  local f = self:count(#self.buf)
+  if f then return nil, f end
+  self.buf = ""
+  while true do
+    if not arm(self.t, self.sock, self.deadline) then return nil, timed_out(self.deadline) end
+    local data, err = self.sock:receiveany(BODY_READ)
+    if not data then
+      if err == "closed" then return table.concat(parts) end
+      return nil, failure(net_code(err), what .. ": " .. tostring(err))
+    end
+    f = self:count(#data)
+    if f then return nil, f end
+    parts[#parts + 1] = data
+  end
+end
+
+-- The status line and headers of the final answer; interim 1xx answers
+-- (100 Continue, 103 Early Hints) are skipped whole, headers and all.
+local function read_headers(r)
+  local version, status, headers
+  repeat
+    local line, f = r:line("reading the answer", true)
+    if not line then return nil, f end
+    version, status = line:match("^HTTP/(%d%.%d) (%d%d%d)")
+    if not version then return nil, failure("NETWORK_ERROR", "not an HTTP answer: " .. line:sub(1, 80)) end
+    status = tonumber(status)
+    headers = {}
+    while true do
+      line, f = r:line("reading the answer's headers", true)
+      if not line then return nil, f end
+      if line == "" then break end
+      local name, value = line:match("^([^:]+):%s*(.-)%s*$")
+      if name then
+        name = name:lower()
+        if name == "content-length" and headers[name] then
+          -- The same length twice is harmless (libcurl takes it too);
+          -- two lengths leave the answer's end unknown.
+          if headers[name] ~= value then
+            return nil, failure("NETWORK_ERROR", "differing Content-Length headers: " .. headers[name]:sub(1, 40)
+              .. ", " .. value:sub(1, 40))
+          end
+        else
+          -- Repeated headers are joined, as HTTP allows for list headers.
+          headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+        end
+      end
+    end
+  until status >= 200
+  return version, status, headers
+end
+
+local function read_chunked(self, r)
+  local parts = {}
+  while true do
+    local line, f = r:line("reading a chunk", false)
+    if not line then return nil, f end
+    local hex = line:match("^%s*(%x+)")
+    -- (more than 15 hex digits would not fit a double exactly, and is far beyond any max_response)
+    local n = hex and #hex <= 15 and tonumber(hex, 16)
+    if not n then return nil, failure("NETWORK_ERROR", "bad chunk size line: " .. line:sub(1, 40)) end
+    if n == 0 then break end
+    f = r:count(n)
+    if f then return nil, f end
+    local data
+    data, f = r:bytes(n, "reading a chunk")
+    if not data then return nil, f end
+    parts[#parts + 1] = data
+    line, f = r:line("reading a chunk", false)   -- the CRLF after the chunk
+    if not line then return nil, f end
+    if line ~= "" then return nil, failure("NETWORK_ERROR", "bad chunk end: " .. line:sub(1, 40)) end
+  end
+  -- Trailer fields, up to the empty line; we need none of them, but they
+  -- count as header lines.
+  while true do
+    local line, f = r:line("reading the trailer", true)
+    if not line then return nil, f end
+    if line == "" then return table.concat(parts) end
   end
 end
 
 -- Returns status, body, location, keep (the connection may be pooled),
 -- or nil, failure.
 local function read_answer(self, sock, deadline, method)
-  local version, status, headers = read_headers(self, sock, deadline)
+  local r = reader(self, sock, deadline)
+  local version, status, headers = read_headers(r)
   if not version then return nil, status end
   local connection = (headers["connection"] or ""):lower()
   local keep = (version == "1.1" and not connection:find("close", 1, true))
     or (version == "1.0" and connection:find("keep-alive", 1, true) ~= nil)
   local body, err
   local te = (headers["transfer-encoding"] or ""):lower()
-  if method == "HEAD" or status == 204 or status == 304 or (status >= 100 and status < 200) then
+  if method == "HEAD" or status == 204 or status == 304 then
     body = ""
   elseif te ~= "" and te ~= "identity" then
     if not te:match("chunked%s*$") then
       return nil, failure("NETWORK_ERROR", "unsupported Transfer-Encoding: " .. te)
     end
-    body, err = read_chunked(self, sock, deadline)
+    body, err = read_chunked(self, r)
   elseif headers["content-length"] then
     local n = tonumber(headers["content-length"]:match("^(%d+)$"))
     if not n then return nil, failure("NETWORK_ERROR", "bad Content-Length: " .. headers["content-length"]) end
-    if n > self.max then return nil, too_large(self) end
-    if n == 0 then
-      body = ""
-    else
-      if not arm(self, sock, deadline) then return nil, timed_out(self) end
-      local e
-      body, e = sock:receive(n)
-      if not body then err = failure(net_code(e), "reading the answer: " .. tostring(e)) end
-    end
+    err = r:count(n)
+    if err then return nil, err end
+    body, err = r:bytes(n, "reading the answer")
   else
     keep = false
-    body, err = read_to_eof(self, sock, deadline)
+    body, err = r:rest("reading the answer")
   end
   if not body then return nil, err end
+  -- Bytes beyond the answer: the connection is out of step, do not reuse it.
+  if #r.buf > 0 then keep = false end
   return status, body, headers["location"], keep
 end
 
@@ -311,7 +397,7 @@ local function exchange(self, u, method, body, deadline, fresh)
   -- whose certificate was not checked must not serve a client that checks).
   local pool = u.scheme .. "://" .. u.host .. ":" .. u.port .. (self.verify and "" or " noverify")
   if fresh then pool = pool .. " fresh" end   -- never filled: see the end of this function
-  if not arm(self, sock, deadline) then return nil, timed_out(self) end
+  if not arm(self, sock, deadline) then return nil, timed_out(deadline) end
   -- localhost is the loopback without asking DNS (RFC 6761, as libcurl
   -- does): nginx would otherwise need a `resolver` even for it.
   local addr = u.host == "localhost" and "127.0.0.1" or u.host
@@ -334,7 +420,7 @@ local function exchange(self, u, method, body, deadline, fresh)
           .. " lua_ssl_trusted_certificate, up to lua_ssl_verify_depth)", u.host, u.port, tostring(err)))
     end
   end
-  if not arm(self, sock, deadline) then sock:close(); return nil, timed_out(self) end
+  if not arm(self, sock, deadline) then sock:close(); return nil, timed_out(deadline) end
   local sent
   sent, err = sock:send(request_bytes(self, method, u.authority, u.path, body))
   if not sent then
@@ -358,8 +444,12 @@ end
 
 -- Sends once; when a pooled connection turns out to be dead before any
 -- byte of the answer (the server closed it while idle), sends once more
--- on a fresh connection, as libcurl does.
-local function perform(self, url, body)
+-- on a fresh connection, as libcurl does. Both within the call's time:
+-- the transport's timeout, or the caller's shorter one. A write (a request
+-- not safe to repeat) goes on a fresh connection from the start and is
+-- never sent again: the server may have run it before the pooled
+-- connection died.
+local function perform(self, url, body, timeout, write)
   if not self.open then error("bitrix24: the client is closed", 3) end
   local ngx = self.ngx
   check_phase(ngx)
@@ -367,9 +457,10 @@ local function perform(self, url, body)
   if not scheme then return nil, failure("NETWORK_ERROR", "not an http(s) URL: " .. tostring(url)) end
   local u = { scheme = scheme, host = host, port = port, authority = authority, path = path }
   ngx.update_time()
-  local deadline = ngx.now() + self.timeout
+  local limit = math.min(self.timeout, timeout or self.timeout)
+  local deadline = { at = ngx.now() + limit, limit = limit }
   local method = body and "POST" or "GET"
-  local status, rbody, location = exchange(self, u, method, body, deadline, false)
+  local status, rbody, location = exchange(self, u, method, body, deadline, write)
   if not status and rbody.resendable then
     status, rbody, location = exchange(self, u, method, body, deadline, true)
   end
@@ -377,12 +468,17 @@ local function perform(self, url, body)
   return status, rbody, location, u
 end
 
---- t:call(url, json_body) -> envelope, status | nil, code, description, status, extra
-function Transport:call(url, body)
+--- t:call(url, json_body [, timeout [, write]]) -> envelope, status | nil, code, description, status, extra
+--- timeout: seconds for this call, when less than the transport's own;
+--- write: the request must not be sent twice (see perform).
+function Transport:call(url, body, timeout, write)
   if type(url) ~= "string" or type(body) ~= "string" then
-    error("bitrix24: call(url, body) takes two strings", 2)
+    error("bitrix24: call(url, body [, timeout]) takes two strings", 2)
   end
-  local status, rbody, location, u = perform(self, url, body)
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout > 0) or timeout > MAX_SECONDS) then
+    error("bitrix24: call's timeout must be a number of seconds in (0, " .. MAX_SECONDS .. "]", 2)
+  end
+  local status, rbody, location, u = perform(self, url, body, timeout, write == true)
   if not status then return nil, rbody.code, rbody.description end
   if status >= 300 and status < 400 then
     return nil, "PORTAL_MOVED", "HTTP " .. status .. " redirect", status,
@@ -396,7 +492,9 @@ function Transport:request(url, body)
   if type(url) ~= "string" or (body ~= nil and type(body) ~= "string") then
     error("bitrix24: request(url [, body]) takes strings", 2)
   end
-  local status, rbody = perform(self, url, body)
+  -- A token request re-sent would present a refresh token the first one
+  -- already rotated: never on a connection that may be stale.
+  local status, rbody = perform(self, url, body, nil, true)
   if not status then return nil, rbody.code, rbody.description end
   return status, rbody
 end

@@ -1,0 +1,171 @@
+-- A small nginx (with the Lua module) for specs that run the client inside
+-- it: locations served by Lua files of spec/nginx/, the repository's lua/
+-- and the LuaJIT core on the package paths, stopped by the spec (and by
+-- GNU timeout should the spec never stop it).
+--
+-- The nginx runs LuaJIT whichever Lua runs busted, so specs use it under
+-- one version of the multi-version suite only (RUN_UNDER).
+
+local support = require "support"
+local socket = require "socket"
+local http = require "socket.http"
+local ltn12 = require "ltn12"
+
+local M = {
+  RUN_UNDER = "5.4",
+  PENDING = "runs under Lua 5.4 only (the nginx runs its own LuaJIT)",
+}
+local LIFETIME = 300   -- seconds; the nginx stops by itself after that
+
+local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("*a")
+  p:close()
+  return (out:gsub("%s+$", ""))
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+local function write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+local function module_lines()
+  for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/local/nginx/modules" } do
+    if exists(dir .. "/ngx_http_lua_module.so") then
+      local lines = ""
+      if exists(dir .. "/ndk_http_module.so") then lines = "load_module " .. dir .. "/ndk_http_module.so;\n" end
+      return lines .. "load_module " .. dir .. "/ngx_http_lua_module.so;\n"
+    end
+  end
+  return ""   -- built in (OpenResty)
+end
+
+local function free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- A zombie counts as dead: nothing may reap an orphan in a container.
+local function alive(pid)
+  local f = io.open("/proc/" .. pid .. "/stat", "rb")
+  if not f then return false end
+  local stat = f:read("*a")
+  f:close()
+  return stat:match("%)%s+(%S)") ~= "Z"
+end
+
+function M.runs_here()
+  return support.LUA_VERSION == M.RUN_UNDER
+end
+
+function M.urlencode(s)
+  return (s:gsub("[^%w%-%._~/]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+-- A process's resident memory in KiB.
+function M.rss_kib(pid)
+  local status = support.read_file("/proc/" .. pid .. "/status")
+  local kib = assert(status:match("VmRSS:%s*(%d+)"), "no VmRSS for " .. pid)
+  return tonumber(kib)
+end
+
+local Server = {}
+Server.__index = Server
+
+-- GET path; the body (asserts a 200).
+function Server:get(path, timeout)
+  local chunks = {}
+  local ok, status = http.request {
+    url = self.base .. path, sink = ltn12.sink.table(chunks),
+    create = function()
+      local s = socket.tcp()
+      s:settimeout(timeout or 30)
+      return s
+    end,
+  }
+  local body = table.concat(chunks)
+  assert(ok and status == 200, "GET " .. path .. ": " .. tostring(status) .. " " .. body
+    .. "\n" .. support.read_file(self.prefix .. "/error.log"))
+  return body
+end
+
+function Server:stop()
+  local pid = exists(self.prefix .. "/nginx.pid") and support.read_file(self.prefix .. "/nginx.pid"):match("%d+")
+  if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+  local deadline = socket.gettime() + 3
+  while alive(self.launcher) and socket.gettime() < deadline do socket.sleep(0.05) end
+  os.execute("kill -KILL " .. self.launcher .. " 2>/dev/null")
+  os.execute("rm -rf " .. quote(self.prefix))
+end
+
+-- locations: { ["/path"] = "spec/nginx/file.lua", ... } (prefix locations;
+-- files relative to the repository's root).
+function M.start(locations)
+  local root = capture("cd " .. quote(support.ROOT) .. " && pwd")
+  -- Always through make: a core older than src/ would not match lua/.
+  local out, err, status = support.run("make -s -C " .. quote(root) .. " LUA_VERSION=luajit build")
+  assert(status == 0, "building the LuaJIT core failed: " .. out .. err)
+  local prefix = capture('mktemp -d "${TMPDIR:-/tmp}/b24-nginx-harness.XXXXXXXX"')
+  os.execute("mkdir -p " .. quote(prefix .. "/tmp"))
+  local port = free_port()
+  local locs = {}
+  for path, file in pairs(locations) do
+    locs[#locs + 1] = "    location " .. path .. ' { content_by_lua_file "' .. root .. "/" .. file .. '"; }'
+  end
+  write_file(prefix .. "/nginx.conf", table.concat({
+    "daemon off;",
+    "master_process on;",
+    "worker_processes 1;",
+    'pid "' .. prefix .. '/nginx.pid";',
+    'error_log "' .. prefix .. '/error.log" warn;',
+    support.run("id -u") == "0\n" and "user root;" or "",
+    module_lines(),
+    "events { worker_connections 256; }",
+    "http {",
+    '  client_body_temp_path "' .. prefix .. '/tmp/body";',
+    '  proxy_temp_path "' .. prefix .. '/tmp/proxy";',
+    '  fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
+    '  uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
+    '  scgi_temp_path "' .. prefix .. '/tmp/scgi";',
+    "  access_log off;",
+    "  lua_socket_log_errors off;",
+    '  lua_package_path "' .. root .. "/lua/?.lua;" .. root .. '/lua/?/init.lua;;";',
+    '  lua_package_cpath "' .. root .. '/build/luajit/?.so;;";',
+    "  lua_shared_dict bitrix24 1m;",
+    "  server {",
+    "    listen 127.0.0.1:" .. port .. ";",
+    table.concat(locs, "\n"),
+    "  }",
+    "}",
+  }, "\n"))
+  write_file(prefix .. "/error.log", "")
+  local launcher = tonumber(capture("timeout -s TERM -k 3 " .. LIFETIME .. " nginx -p " .. quote(prefix .. "/")
+    .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
+    .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
+  local self = setmetatable({ prefix = prefix, launcher = launcher, base = "http://127.0.0.1:" .. port }, Server)
+  local deadline = socket.gettime() + 5
+  while true do
+    local c = socket.connect("127.0.0.1", port)
+    if c then c:close(); break end
+    if socket.gettime() > deadline then
+      local log = support.read_file(prefix .. "/error.log") .. support.read_file(prefix .. "/stderr.log")
+      self:stop()
+      error("nginx did not start:\n" .. log)
+    end
+    socket.sleep(0.02)
+  end
+  return self
+end
+
+return M
