@@ -40,6 +40,7 @@ build = {
     ["bitrix24.fake.records"] = "lua/bitrix24/fake/records.lua",
     ["bitrix24.fake.limits"] = "lua/bitrix24/fake/limits.lua",
     ["bitrix24.fake.faults"] = "lua/bitrix24/fake/faults.lua",
+    ["bitrix24.fake.churn"] = "lua/bitrix24/fake/churn.lua",
     ["bitrix24.fake.oauth"] = "lua/bitrix24/fake/oauth.lua",
     ["bitrix24.fake.lead_contact"] = "lua/bitrix24/fake/lead_contact.lua",
     ["bitrix24.fake.lists"] = "lua/bitrix24/fake/lists.lua",

@@ -146,11 +146,11 @@ local method_name = batch.method_name
 -- leaky bucket (already done by the caller) and is not charged operating time
 -- itself; every sub-call is charged to its own method (portal:call). The
 -- sub-calls are logged under "calls" of the batch's log `entry`. Returns the
--- body of the answer.
+-- body of the answer and the seconds of real work the sub-calls took.
 function batch.run(portal, params, start, entry)
   local maps = { result = omap(), result_error = omap(), result_total = omap(),
     result_next = omap(), result_time = omap() }
-  local halt, now, n, processing, last_op = php.truthy(params.halt), start, 0, 0, nil
+  local halt, now, n, processing, last_op, work = php.truthy(params.halt), start, 0, 0, nil, 0
   local calls = {}
   for _, kv in ipairs(php_pairs(params.cmd)) do
     local key, cmd = kv[1], kv[2]
@@ -169,6 +169,7 @@ function batch.run(portal, params, start, entry)
           out = fail(405, "ERROR_BATCH_METHOD_NOT_ALLOWED", "Method is not allowed for batch usage")
         else
           out = portal:call(method, sub_params, now)
+          work = work + (out.work or 0)
           if out.finish then
             processing = processing + (out.finish - now)
             now = out.finish
@@ -195,7 +196,7 @@ function batch.run(portal, params, start, entry)
   -- Outer time block: like the real samples, `operating` mirrors the last
   -- successful sub-call (0 and no reset time when none succeeded).
   return obj("result", result, "time", Limits.time_block(start, finish, processing, last_op,
-    portal.limits:window()))
+    portal.limits:window())), work
 end
 
 return batch

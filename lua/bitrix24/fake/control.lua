@@ -6,7 +6,7 @@ local json = require "bitrix24.fake.json"
 local php = require "bitrix24.fake.php"
 local answers = require "bitrix24.fake.answers"
 
-local omap = json.omap
+local omap, set = json.omap, json.set
 local obj, json_response, error_body = answers.obj, answers.json_response, answers.error_body
 
 local endpoints = {} -- name -> function(portal, body) returning status, body
@@ -34,7 +34,38 @@ end
 function endpoints.config(portal, body)
   local cfg = portal:configure(body)
   return 200, obj("ok", true, "rate", cfg.rate, "burst", cfg.burst, "op_limit", cfg.op_limit,
-    "token_ttl", cfg.token_ttl, "op_cost", cfg.op_cost)
+    "token_ttl", cfg.token_ttl, "op_cost", cfg.op_cost, "latency", cfg.latency, "call_cost", cfg.call_cost,
+    "count_cost_per_1000_rows", cfg.count_cost_per_1000_rows)
+end
+
+-- What churn did so far, and where the leads stand.
+local function churn_report(portal, extra)
+  local ids = portal.leads.ids
+  local out = obj("ok", true, "count", #ids, "first_id", ids[1] or 0, "last_id", ids[#ids] or 0,
+    "list_calls", portal.churn.list_calls, "deleted", portal.churn.deleted, "appended", portal.churn.appended)
+  for k, v in pairs(extra or {}) do set(out, k, v) end
+  return out
+end
+
+-- { delete = [ids], append = n }: at once. Answers what it deleted (the
+-- ids that existed) and appended, and the churn report.
+function endpoints.leads(portal, body)
+  local ok, ids, n = pcall(portal.churn.read_change, body)
+  if not ok then return 400, error_body("BAD_CHANGE", tostring(ids)) end
+  local deleted, appended = portal.churn:change(portal.leads, ids, n)
+  return 200, churn_report(portal, { deleted_now = deleted, appended_now = appended })
+end
+
+-- { every = K, delete = [ids], delete_count = d, append = m, times = t }
+-- sets the rule; { clear = true } removes it; {} only reports.
+function endpoints.churn(portal, body)
+  if php.truthy(body.clear) then
+    portal.churn:clear()
+  elseif body.every ~= nil then
+    local ok, err = pcall(portal.churn.set, portal.churn, body)
+    if not ok then return 400, error_body("BAD_CHURN", tostring(err)) end
+  end
+  return 200, churn_report(portal)
 end
 
 function endpoints.expire_tokens(portal)

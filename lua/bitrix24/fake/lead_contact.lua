@@ -31,7 +31,7 @@ local function lead_for(portal, params, need_read, need_update)
   if raw == nil then raw = params.id end
   local id = intval(raw)
   if id <= 0 then return nil, ERR.owner_invalid() end
-  local lead = portal.leads.by_id[id]
+  local lead = records.find(portal.leads, id, need_update) -- kept: the caller may change it
   if lead and ((need_read and not can_read(lead)) or (need_update and not can_update(lead))) then
     return nil, ERR.access_denied()
   end

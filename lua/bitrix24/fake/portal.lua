@@ -16,8 +16,15 @@
 -- ones included; /_fake/ control requests are not.
 --
 -- The pieces live beside it: php (request parsing), answers (outcomes and
--- errors), records (the data), limits, faults, oauth, batch, control, and
--- the methods themselves in lead_contact and lists.
+-- errors), records (the data), limits, faults, churn, oauth, batch,
+-- control, and the methods themselves in lead_contact and lists.
+--
+-- Time: every call is charged op_cost simulated seconds (default 0.01) of
+-- operating time, plus the real seconds it takes: call_cost, and for a
+-- counted list call count_cost_per_1000_rows per 1000 rows of its table.
+-- Those real seconds, with the per-request `latency`, come back as the
+-- answer's `delay`, which the host waits out without blocking other
+-- requests (bitrix24.fake.nginx uses ngx.sleep). All three default to 0.
 
 local json = require "bitrix24.fake.json"
 local default_data = require "bitrix24.fake.data"
@@ -29,6 +36,7 @@ local Faults = require "bitrix24.fake.faults"
 local oauth = require "bitrix24.fake.oauth"
 local batch = require "bitrix24.fake.batch"
 local control = require "bitrix24.fake.control"
+local Churn = require "bitrix24.fake.churn"
 
 local set = json.set
 local truthy, request_params = php.truthy, php.request_params
@@ -88,7 +96,14 @@ local function copy(t)
   return c
 end
 
-local CONFIG_KEYS = { "rate", "burst", "op_limit", "token_ttl", "op_cost", "op_bucket" }
+local CONFIG_KEYS = { "rate", "burst", "op_limit", "token_ttl", "op_cost", "op_bucket", "latency", "call_cost",
+  "count_cost_per_1000_rows" }
+
+-- A count option (leads): nil, or a whole number >= 0.
+local function leads_option(v)
+  if v == nil or v == json.null then return nil end
+  return math.max(0, php.intval(v))
+end
 
 Portal.load_data = records.load_data
 
@@ -115,23 +130,36 @@ function Portal.new(opts)
     -- Seconds per operating-time bucket: 60 as in Bitrix24; tests shrink
     -- it to see a method unblock without waiting ten minutes.
     op_bucket = opts.op_bucket or 60,
+    -- Real seconds (see the top of this file).
+    latency = opts.latency or 0,
+    call_cost = opts.call_cost or 0,
+    count_cost_per_1000_rows = opts.count_cost_per_1000_rows or 0,
   }
+  -- Generate this many leads instead of the data set's (nil: the data set's).
+  self.initial_leads = leads_option(opts.leads)
   self.access_tokens, self.refresh_tokens = {}, {}
   oauth.issue_tokens(self)
   self:reset()
   return self
 end
 
-function Portal:load(data)
-  self.leads = records.load_table(data.leads, true)
+-- The data set; `leads` generated leads instead of its own when given.
+function Portal:load(data, leads)
+  self.leads = leads and records.generated_table(leads) or records.load_table(data.leads, true)
   self.contacts = records.load_table(data.contacts, false)
 end
 
+-- Back to the start: data, log, faults, churn and limits. opts.tokens: new
+-- tokens too; opts.leads: this many generated leads (once; the next reset
+-- goes back to the start's choice).
 function Portal:reset(opts)
   opts = opts or {}
-  self:load(self.initial_data)
+  local leads = leads_option(opts.leads)
+  if leads == nil then leads = self.initial_leads end
+  self:load(self.initial_data, leads)
   self.log = {}
   self.faults = Faults.new()
+  self.churn = Churn.new()
   self.cfg = copy(self.initial_cfg)
   self.limits = Limits.new(self.cfg)
   if truthy(opts.tokens) then oauth.reset_tokens(self) end
@@ -173,12 +201,15 @@ function Portal:call(method, params, start)
     return ERR.op_limit()
   end
   local out = handler(self, params)
-  local cost = self.limits:cost(method)
+  -- Real seconds: call_cost plus what the handler reports (a list's count).
+  out.work = self.cfg.call_cost + (out.work or 0)
+  local cost = self.limits:cost(method) + out.work
   self.limits:charge(method, start, cost) -- failed calls cost time too
   out.finish = Limits.finish_time(start, cost, self.clock())
   if not out.failed then
     out.time = Limits.time_block(start, out.finish, cost, self.limits:operating(method, start),
       self.limits:window())
+    if method == "crm.lead.list" then self.churn:after_list_call(self.leads) end
   end
   return out
 end
@@ -192,7 +223,10 @@ function Portal:new_entry(method, auth, req, params, now)
     "user_agent", headers["user-agent"], "host", headers["host"])
 end
 
+-- Log the request; the answer waits for its latency and work.
 function Portal:finish(entry, res)
+  local delay = (res.delay or 0) + self.cfg.latency + (res.work or 0)
+  res.delay, res.work = delay > 0 and delay or nil, nil
   set(entry, "status", res.status)
   set(entry, "error", res.error_code)
   if res.fault then set(entry, "fault", res.fault) end
@@ -279,10 +313,13 @@ function Portal:rest(req, route)
   if not self.limits:admit(now) then
     res = error_response(ERR.query_limit())
   elseif method == "batch" then
-    res = json_response(200, batch.run(self, params, now, entry))
+    local body, work = batch.run(self, params, now, entry)
+    res = json_response(200, body)
+    res.work = work
   else
     local out = self:call(method, params, now)
     res = out.failed and error_response(out) or json_response(200, answers.success_body(out))
+    res.work = out.work
   end
   return self:finish(entry, damage(f, res))
 end
