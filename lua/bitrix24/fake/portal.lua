@@ -202,7 +202,7 @@ function Portal:call(method, params, start)
   end
   local out = handler(self, params)
   -- Real seconds: call_cost plus what the handler reports (a list's count).
-  out.work = self.cfg.call_cost + (out.work or 0)
+  out.work = (self.cfg.call_cost or 0) + (out.work or 0)
   local cost = self.limits:cost(method) + out.work
   self.limits:charge(method, start, cost) -- failed calls cost time too
   out.finish = Limits.finish_time(start, cost, self.clock())
@@ -225,7 +225,7 @@ end
 
 -- Log the request; the answer waits for its latency and work.
 function Portal:finish(entry, res)
-  local delay = (res.delay or 0) + self.cfg.latency + (res.work or 0)
+  local delay = (res.delay or 0) + (self.cfg.latency or 0) + (res.work or 0)
   res.delay, res.work = delay > 0 and delay or nil, nil
   set(entry, "status", res.status)
   set(entry, "error", res.error_code)
