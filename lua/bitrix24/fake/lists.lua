@@ -123,9 +123,14 @@ local function sort_records(rows, order)
   end)
 end
 
-local function select_fields(rec, select, entity)
+-- The field names of `select`, read once per call.
+local function selected_names(select)
   local names = {}
   for _, kv in ipairs(php_pairs(select)) do names[#names + 1] = tostring(kv[2]) end
+  return names
+end
+
+local function select_fields(rec, names, entity)
   local all = #names == 0 and DEFAULT_SELECT[entity] or nil
   for _, n in ipairs(names) do
     if n == "*" then
@@ -226,9 +231,9 @@ local function list_method(entity, store_name)
     if not count then count, row = scan(store, conds, params.order) end
     local start = intval(params.start)
     local offset = start < 0 and 0 or json.integral(math.floor(start / PAGE_SIZE) * PAGE_SIZE)
-    local result = {}
+    local result, names = {}, selected_names(params.select)
     for i = offset + 1, math.min(offset + PAGE_SIZE, count) do
-      result[#result + 1] = select_fields(row(i), params.select, entity)
+      result[#result + 1] = select_fields(row(i), names, entity)
     end
     if start < 0 then return ok(result, 0, nil) end
     local nxt = offset + PAGE_SIZE < count and json.integral(offset + PAGE_SIZE) or nil
