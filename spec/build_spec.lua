@@ -38,6 +38,20 @@ describe("installation", function()
     assert.matches('"CONTACT_ID":1010', out, 1, true)
   end)
 
+  it("the rockspec names every Lua module of the source tree, under its module name", function()
+    local f = assert(io.open(support.ROOT .. "/bitrix24-scm-1.rockspec", "rb"))
+    local rockspec = f:read("*a")
+    f:close()
+    local files = support.run("cd '" .. support.ROOT .. "' && find lua -name '*.lua' | sort")
+    local n = 0
+    for file in files:gmatch("[^\n]+") do
+      local module = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/", ".")
+      assert.is_truthy(rockspec:find('["' .. module .. '"] = "' .. file .. '"', 1, true), "not in the rockspec: " .. file)
+      n = n + 1
+    end
+    assert.is_true(n > 20, "found only " .. n .. " modules")
+  end)
+
   it("luarocks make builds and installs the rock into a tree", function()
     if support.LUA_VERSION == "luajit" then return end
     local src = tmp .. "/src"

@@ -809,3 +809,42 @@ describe("options", function()
     assert.equal(200, (send(p, "/rest/1/c/crm.lead.contact.fields")).status)
   end)
 end)
+
+describe("export options", function()
+  it("answers with a delay of latency plus call_cost per call plus the count cost, for the host to wait", function()
+    local p = new_portal({ leads = 2000, latency = 0.5, call_cost = 0.25, count_cost_per_1000_rows = 1 })
+    local res, d = hook(p, "crm.lead.list", { start = 0 })
+    assert.equal(2000, d.total)
+    assert.equal(0.5 + 0.25 + 2, res.delay)
+    assert.near(0.01 + 0.25 + 2, d.time.processing, 1e-9)
+    res = hook(p, "crm.lead.list", { start = -1 })
+    assert.equal(0.5 + 0.25, res.delay)
+    res, d = hook(p, "batch", { cmd = { a = "crm.lead.list?start=-1", b = "crm.lead.list?start=0" } })
+    assert.equal(0.5 + 0.25 + 0.25 + 2, res.delay)
+    assert.near(0.01 + 0.25 + 0.01 + 0.25 + 2, d.time.processing, 1e-4)
+    -- Operating time of crm.lead.list: the four calls above.
+    assert.near(4 * 0.26 + 2 * 2, d.result.result_time.b.operating, 1e-4)
+    assert.is_nil((hook(new_portal(), "crm.lead.list")).delay) -- all default to 0
+  end)
+
+  it("pages by ID ranges exactly as the general filter does", function()
+    local p = new_portal({ leads = 500 })
+    local orders = { {}, { ID = "ASC" }, { ID = "DESC" } }
+    local bounds = { { [">ID"] = 100 }, { ["<ID"] = 300 }, { [">=ID"] = 101, ["<=ID"] = 250 },
+      { [">ID"] = "0", ["<ID"] = 700 }, { [">ID"] = { 300, 5 } }, { [">ID"] = {} }, { ["<=ID"] = 10.5 } }
+    for _, order in ipairs(orders) do
+      for _, filter in ipairs(bounds) do
+        for _, start in ipairs({ -1, 0, 50, 120 }) do
+          local _, fast = hook(p, "crm.lead.list", { order = order, filter = filter, start = start, select = { "ID" } })
+          -- A condition on TITLE that every lead meets forces the general path.
+          local general = { ["%TITLE"] = "Lead" }
+          for k, v in pairs(filter) do general[k] = v end
+          local _, slow = hook(p, "crm.lead.list", { order = order, filter = general, start = start, select = { "ID" } })
+          assert.same(slow.result, fast.result)
+          assert.equal(slow.total, fast.total)
+          assert.equal(slow.next, fast.next)
+        end
+      end
+    end
+  end)
+end)

@@ -54,6 +54,26 @@ function M.read_file(path)
   return s
 end
 
+-- POST `body` as JSON (bitrix24.fake.json: ordered maps keep their order)
+-- to `url` with luasocket. Returns the status, the decoded answer (integers
+-- kept) and the seconds it took.
+function M.post_json(url, body)
+  local json = require "bitrix24.fake.json"
+  local socket, http, ltn12 = require "socket", require "socket.http", require "ltn12"
+  local raw, chunks, t0 = json.encode(body or {}), {}, socket.gettime()
+  local ok, status = http.request {
+    url = url, method = "POST", sink = ltn12.sink.table(chunks), source = ltn12.source.string(raw),
+    headers = { ["content-type"] = "application/json", ["content-length"] = #raw },
+    create = function()
+      local s = socket.tcp()
+      s:settimeout(30)
+      return s
+    end,
+  }
+  assert(ok, "POST " .. url .. " failed: " .. tostring(status))
+  return status, json.decode(table.concat(chunks)), socket.gettime() - t0
+end
+
 -- The repository root, from this file's location.
 M.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]+$") or ".")
 

@@ -1,7 +1,8 @@
 -- Default data set of the fake Bitrix24 portal.
 --
--- `require "bitrix24.fake.data"` returns a function; each call builds a fresh
--- table (so a portal reset never sees mutations of a previous run). The same
+-- `require "bitrix24.fake.data"` returns a callable table; each call builds a
+-- fresh data set (so a portal reset never sees mutations of a previous run),
+-- and data.generated_lead(id) gives one lead of a generated set. The same
 -- schema is accepted from a JSON file by Portal.load_data(path):
 --
 --   {
@@ -66,6 +67,7 @@ local function contacts_for(id)
   return list
 end
 
+-- The fields and contacts of lead `id`, as every lead of the set has them.
 local function lead(id)
   return {
     ID = id,
@@ -89,7 +91,18 @@ local function contact(id)
   }
 end
 
-return function()
+local data = {}
+
+-- Lead `id` of a generated set (the --leads option): the same fields and
+-- contacts as in the default set, and full rights on every lead.
+function data.generated_lead(id)
+  local rec = lead(id)
+  rec.access = nil
+  return rec
+end
+
+-- Calling the module builds the default set.
+return setmetatable(data, { __call = function()
   local leads, contacts = {}, {}
   for id = 1, 250 do
     if not LEAD_GAPS[id] then leads[#leads + 1] = lead(id) end
@@ -101,4 +114,4 @@ return function()
     contacts[#contacts + 1] = contact(id)
   end
   return { leads = leads, contacts = contacts }
-end
+end })

@@ -182,6 +182,9 @@ function M.handle()
             body = cjson.encode{ error = "FAKE_PORTAL_BUG", error_description = tostring(res) } }
   end
 
+  -- The answer's delay: a latency fault, the per-request latency and the
+  -- seconds its calls cost (bitrix24.fake.portal). ngx.sleep yields, so the
+  -- worker serves other requests meanwhile.
   if res.delay and res.delay > 0 then ngx.sleep(res.delay) end
 
   if res.fault == "reset" then return ngx.exit(444) end

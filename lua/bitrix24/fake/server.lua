@@ -17,7 +17,13 @@
 --   pid (the nginx master), prefix (its temp directory).
 -- Methods (each one HTTP request to /_fake/...; raise on a non-200 answer):
 --   portal:requests(), portal:reset(opts), portal:fault(spec), portal:configure(t),
---   portal:expire_tokens(), portal:stats(), portal:info(), and portal:stop().
+--   portal:expire_tokens(), portal:stats(), portal:info(), portal:leads(change),
+--   portal:churn(rule), and portal:stop().
+-- reset{ leads = N } regenerates N leads (once), reset{ tokens = true } issues
+-- new tokens; leads{ delete = {ids}, append = M } changes the leads at once;
+-- churn{ every = K, delete = {ids}, delete_count = D, append = M, times = T }
+-- changes them after every K-th crm.lead.list call, churn{ clear = true }
+-- stops that, churn{} reports what churn did (see bitrix24.fake.churn).
 -- The token fields are copies: reset() and info() refresh them.
 --
 -- Every nginx started here stops by itself: after `timeout` seconds (default
@@ -413,6 +419,8 @@ function Portal:stats() return control(self, "GET", "/_fake/stats") end
 function Portal:fault(spec) return control(self, "POST", "/_fake/fault", spec) end
 function Portal:configure(t) return control(self, "POST", "/_fake/config", t) end
 function Portal:expire_tokens() return control(self, "POST", "/_fake/expire_tokens", {}) end
+function Portal:leads(change) return control(self, "POST", "/_fake/leads", change or {}) end
+function Portal:churn(rule) return control(self, "POST", "/_fake/churn", rule or {}) end
 
 -- Reset may issue new tokens, so refresh the copies on the object.
 function Portal:reset(opts)
@@ -433,11 +441,18 @@ end
 ---------------------------------------------------------------- start
 
 local PORTAL_OPTIONS = { "rate", "burst", "op_limit", "op_cost", "op_bucket", "token_ttl", "code", "user_id",
-                         "client_id", "client_secret", "https_only" }
+                         "client_id", "client_secret", "https_only", "leads", "latency", "call_cost",
+                         "count_cost_per_1000_rows" }
 
 --- Starts a portal. Options (all optional):
 -- rate, burst, op_limit, op_cost, op_bucket, token_ttl, code, user_id, client_id, client_secret: passed to the portal logic;
--- data: path of a JSON data file; tls (default true): also listen with HTTPS;
+-- data: path of a JSON data file; leads: generate this many leads instead of
+-- the data set's (ids ascending with gaps, the same for the same count);
+-- latency: seconds every REST answer waits; call_cost: seconds every method
+-- call takes (each sub-call of a batch too); count_cost_per_1000_rows:
+-- seconds a counted list call (start >= 0) takes per 1000 rows of its table.
+-- The last three are real waits and count as processing and operating time
+-- (bitrix24.fake.portal); all default to 0. tls (default true): also listen with HTTPS;
 -- https_only: REST calls over plain http get 400 INVALID_REQUEST "Https
 -- required." as on a real portal (needs tls; /_fake/ stays on http);
 -- port, tls_port: fixed ports (default: free ones); timeout: seconds before nginx
