@@ -201,6 +201,7 @@ http {
     BIG = f:read("*a")
     f:close()
     PORTAL_URL = "${portal_url}"
+    SLOW_URL = "${slow_url}"
   }
 
   # Stops nginx when the bench process is gone or the lifetime is over.
@@ -277,6 +278,43 @@ http {
       }
     }
 
+    # Row 6c: one request fans out ?n= calls to the slow portal with
+    # ?parallel= in flight, through the client's own fan-out form when it
+    # has one (client:calls), else one call after another. Answers how many
+    # succeeded and the seconds the handler took.
+    location = /fanout {
+      content_by_lua_block {
+        local bitrix24 = require "bitrix24"
+        local n, parallel = tonumber(ngx.var.arg_n), tonumber(ngx.var.arg_parallel)
+        local client = bitrix24.webhook(SLOW_URL, { rate_limit = false })
+        local list = {}
+        for i = 1, n do list[i] = { "crm.lead.contact.items.get", { id = 1 } } end
+        ngx.update_time()
+        local t0, ok, form = ngx.now(), 0, "sequential"
+        local fan = rawget(getmetatable(client), "calls")
+        if type(fan) == "function" then
+          form = "client:calls"
+          local results = fan(client, list, { parallel = parallel })
+          for i = 1, n do
+            local r = results and results[i]
+            if type(r) == "table" and r[1] ~= nil then ok = ok + 1 end
+          end
+        else
+          for i = 1, n do
+            if client:call(list[i][1], list[i][2]) then ok = ok + 1 end
+          end
+        end
+        ngx.update_time()
+        ngx.say(string.format('{"calls":%d,"ok":%d,"seconds":%.4f,"form":"%s"}', n, ok, ngx.now() - t0, form))
+      }
+    }
+
+    # Row 6c's probe: answered by the same (only) worker, so it is slow
+    # whenever that worker is blocked.
+    location = /probe {
+      content_by_lua_block { ngx.say("ok") }
+    }
+
     # ... and the same request with plain proxy_pass (upstream keep-alive,
     # as the client's cosocket pool keeps its connections).
     location = /via-proxy {
@@ -317,7 +355,7 @@ function Nginx:stop()
 end
 
 -- opts: big (the row-2 body), portal (a started fake portal, for row 5),
--- lifetime (seconds). Returns an object with url, port, stop().
+-- slow_portal (one with a latency, for row 6c), lifetime (seconds). Returns an object with url, port, stop().
 function L.start_nginx(opts)
   local socket = require "socket"
   local prefix = L.capture('mktemp -d "${TMPDIR:-/tmp}/b24-bench.XXXXXXXX"')
@@ -332,7 +370,7 @@ function L.start_nginx(opts)
     lifetime = opts.lifetime or 900,
     user = L.capture("id -u") == "0" and "user root;" or "",
     modules = module_lines(), cjson_cpath = cjson_cpath(),
-    small = L.SMALL_BODY, portal_url = opts.portal.webhook_url,
+    small = L.SMALL_BODY, portal_url = opts.portal.webhook_url, slow_url = opts.slow_portal.webhook_url,
     portal_port = opts.portal.port, portal_path = portal_path,
   })
   L.write_file(prefix .. "/nginx.conf", conf)

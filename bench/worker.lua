@@ -6,11 +6,24 @@
 --   worker.lua decode URL FILE REPS  cjson.decode vs core.decode vs client:call
 --   worker.lua memory URL N1 N2      RSS after N1 and after N2 calls
 --   worker.lua export BASE_URL ROWS  peak RSS growth of a client:each export
+--   worker.lua contacts URL LEADS RATE BURST PARALLEL
+--                                    client:lead_contacts of the first LEADS
+--                                    generated leads (bitrix24.fake.records)
+--   worker.lua list URL LEADS FAST PARALLEL PAGE_BATCH LIMIT [CA_FILE]
+--                                    client:each("crm.lead.list") of LEADS
+--                                    generated leads: every id once and in
+--                                    order, wall time, peak RSS growth;
+--                                    LIMIT 0 turns the client's bucket off
+-- PARALLEL and PAGE_BATCH: 0 leaves the option out (the client's default).
+--
+-- BENCH_TREE=DIR loads the client (lua/ and build/) from another checkout:
+-- the same measurement against an older commit (row 6d).
 
 local root = arg[0]:match("^(.*)/bench/[^/]+$") or "."
 local ver = _VERSION:match("%d+%.%d+")
-package.path = root .. "/lua/?.lua;" .. package.path
-package.cpath = root .. "/build/" .. (os.getenv("LUA_VERSION") or ver) .. "/?.so;" .. package.cpath
+local tree = os.getenv("BENCH_TREE") or root
+package.path = tree .. "/lua/?.lua;" .. root .. "/lua/?.lua;" .. package.path
+package.cpath = tree .. "/build/" .. (os.getenv("LUA_VERSION") or ver) .. "/?.so;" .. package.cpath
 arg[0] = root .. "/bench/worker.lua"
 local L = dofile(root .. "/bench/lib.lua")
 
@@ -170,7 +183,57 @@ elseif mode == "export" then
   print(string.format("rows=%d rss0=%d peak=%d reset=%s lua_peak=%.1f", count, rss0,
     L.status_kib("VmHWM"), tostring(reset), lua_peak))
 
+elseif mode == "contacts" then
+  local url, leads, rate, burst, parallel = arg[2], tonumber(arg[3]), tonumber(arg[4]), tonumber(arg[5]),
+    tonumber(arg[6])
+  local client = bitrix24.webhook(url, { rate = rate, burst = burst })
+  local ids = require("bitrix24.fake.records").generated_table(leads).ids
+  local t0 = now()
+  local rows, errs = client:lead_contacts(ids, parallel > 0 and { parallel = parallel } or nil)
+  local seconds = now() - t0
+  if not rows then error(tostring(errs), 0) end
+  local with, failed = 0, 0
+  for _, id in ipairs(ids) do
+    if rows[id] then with = with + 1 end
+  end
+  for _ in pairs(errs or {}) do failed = failed + 1 end
+  print(string.format("leads=%d answered=%d failed=%d seconds=%.3f", #ids, with, failed, seconds))
+
+elseif mode == "list" then
+  -- Rows must come out exactly as the portal holds them: the generated ids,
+  -- ascending, each once. Anything else is a wrong export, not a figure.
+  local url, leads, fast, parallel, page_batch, limit, ca = arg[2], tonumber(arg[3]), arg[4] == "1",
+    tonumber(arg[5]), tonumber(arg[6]), arg[7] == "1", arg[8]
+  local client = bitrix24.webhook(url, { ca_file = ca, rate_limit = limit })
+  local want = require("bitrix24.fake.records").generated_table(leads).ids
+  local opts = { fast = fast or nil }
+  if parallel > 0 then opts.parallel = parallel end
+  if page_batch > 0 then opts.page_batch = page_batch end
+  local params = { select = { "ID", "TITLE" } }
+  if not fast then params.order = { ID = "ASC" } end
+  collectgarbage("collect")
+  local reset = L.reset_peak()
+  local rss0 = L.status_kib("VmRSS")
+  local count, lua_peak, t0 = 0, collectgarbage("count"), now()
+  for lead, err in client:each("crm.lead.list", params, opts) do
+    if not lead then error(tostring(err), 0) end
+    count = count + 1
+    local id = tonumber(lead.ID)
+    if id ~= want[count] then
+      error(string.format("row %d has ID %s, want %s (each id once, ascending)", count, tostring(lead.ID),
+        tostring(want[count])), 0)
+    end
+    if count % 500 == 0 then
+      local c = collectgarbage("count")
+      if c > lua_peak then lua_peak = c end
+    end
+  end
+  local seconds = now() - t0
+  if count ~= #want then error("exported " .. count .. " rows, want " .. #want, 0) end
+  print(string.format("rows=%d seconds=%.3f rss0=%d peak=%d reset=%s lua_peak=%.1f", count, seconds, rss0,
+    L.status_kib("VmHWM"), tostring(reset), lua_peak))
+
 else
-  io.stderr:write("usage: worker.lua client|luasocket|decode|memory|export ...\n")
+  io.stderr:write("usage: worker.lua client|luasocket|decode|memory|export|contacts|list ...\n")
   os.exit(2)
 end
