@@ -129,8 +129,10 @@ clean:
 # Benchmarks (not part of make test; see bench/run.lua and bench/RESULTS.md)
 #
 #   make bench                this client side by side with libcurl in C, wrk,
-#                             luasocket, Python requests and curl; one table,
-#                             also written to bench/RESULTS.md (under 10 minutes)
+#                             luasocket, Python requests, curl, its previous
+#                             commit (BENCH_BASE) and two npm clients; one table,
+#                             also written to bench/RESULTS.md (committed;
+#                             under 10 minutes)
 #   make bench-smoke          every row with small counts (about a minute) for CI;
 #                             fails only when a benchmark fails to run
 #   make bench-deps           make deps, plus wrk, python3-requests, lua-socket

@@ -99,6 +99,72 @@ return function(rows, facts, failures, smoke)
     .. "JSON; the proxy_pass location sends the same POST through an upstream with keep-alive (as the "
     .. "transport pools its connections) and streams the portal's answer back untouched. The extra time is "
     .. "the HTTP exchange in Lua (header parsing in ngx_lua), the envelope decode and the re-encoding.")
+  say("")
+  say("Rows 6 and 7 measure against fake portals started by the bench (real nginx on loopback): every "
+    .. "latency and call cost is a real wait (`ngx.sleep`), the bucket is the portal's own (a 503 when it "
+    .. "overflows), and the requests are counted by the portal, not by the client. Their floors: the "
+    .. "bucket's, (requests - burst) / rate, and the latency's, the requests' own time end to end divided by "
+    .. "the requests in flight; the target is a factor over the larger. Row 6d runs the calls/s loop of "
+    .. "row 1 on this tree and on `BENCH_BASE` in the same rounds.")
+  local f6 = facts["6"] or {}
+  if missed["6a"] or missed["6b"] then
+    if f6.speedup and f6.speedup < 1.5 then
+      say("")
+      say("**Rows 6a/6b missed: no requests in flight.** `parallel = 8` ran %.2fx as fast as the sequential "
+        .. "run: this client sends `lead_contacts`' batches one after another (`opts.parallel` has no effect), "
+        .. "so each request waits out its latency alone. What closes it: issue 15's pipeline over libcurl's "
+        .. "multi interface (`core.multi`).", f6.speedup)
+    else
+      say("")
+      say("**Rows 6a/6b missed**: requests in flight, but the wall time is above the floor by more than the "
+        .. "target allows (see the details: the 503s, the requests, the machine's load).")
+    end
+  end
+  if missed["6c"] then
+    say("")
+    if f6.form == "sequential" then
+      say("**Row 6c missed: no fan-out form.** The client has no `client:calls`, so the handler made its "
+        .. "calls one after another (each waits out the portal's latency); the probe shows the worker stayed "
+        .. "free meanwhile (cosockets yield). What closes it: issue 15's fan-out over `ngx.thread`.")
+    else
+      say("**Row 6c missed**: the fan-out took longer than 1.3x its floor; see the probe's figures in the "
+        .. "details for whether the worker was blocked.")
+    end
+  end
+  if missed["6d"] then
+    say("")
+    say("**Row 6d missed**: calls/s of this tree fell below the base's by more than the noise measured in the "
+      .. "same rounds; the per-call path grew (see row 1's breakdown for where a call's time goes).")
+  end
+  local f7 = facts["7"] or {}
+  if missed["7a"] or missed["7b"] or missed["7h"] then
+    say("")
+    say("**Rows 7a/7b/7h missed: one list call a request.** `client:each` asks for one page of 50 rows per "
+      .. "HTTP request (%s requests for the export), whatever `opts.page_batch` says. What closes it: "
+      .. "issue 16's batches of 50 list calls (2,500 rows a request: about N / 2,500 + 1 requests).",
+      f7.requests or "2,001")
+  end
+  if missed["7c"] or missed["7d"] or missed["7e"] then
+    say("")
+    say("**Rows 7c-7e missed**: an export's wall time is above 1.15x its floor; the row gives the requests "
+      .. "and how many the portal had in flight at once.")
+  end
+  if missed["7g"] then
+    say("")
+    say("**Row 7g missed**: the export's peak memory grows with the rows exported: a batch or the rows are "
+      .. "held beyond the batches in flight.")
+  end
+  if missed["7i"] then
+    say("")
+    say("**Row 7i missed**: one of the npm clients exported faster with its defaults; with one page a request "
+      .. "this client is bound by the bucket like b24jssdk, while @2bad/bitrix sends batches of 50 list calls.")
+  end
+  say("")
+  say("Rows 7h/7i run the npm packages with their defaults, as their users would: @bitrix24/b24jssdk's "
+    .. "`fetchList` walks `ID > last` with `start = -1`, one request a page of 50 rows, paced by its own bucket "
+    .. "(50, then 2 a second); @2bad/bitrix's `list` makes one counted call, then sends every remaining page "
+    .. "as batches of 50 `start = N` sub-calls, paced by its own queue at 2 requests a second, holding all rows "
+    .. "in memory. b24jssdk's request count comes from the portal without a bucket (its own bucket lifted).")
   for id, text in pairs(failures) do
     say("")
     say("**Row %s failed to run.** %s", id, text)

@@ -40,11 +40,12 @@ return function(B)
 
   ------------------------------------------------------------ running one
 
-  local function command(c, portal, leads, limited)
+  local function command(c, portal, held, limited)
+    local leads = held.count
     if c.ours then
-      return string.format("%s %s list %s %d %d %d %d %d %s", B.LUA, q(B.root .. "/bench/worker.lua"),
-        q(portal.https_webhook_url), leads, c.fast and 1 or 0, c.parallel, c.page_batch, limited and 1 or 0,
-        q(portal.ca_file))
+      return string.format("%s %s list %s %d %d %d %d %d %d %d %s", B.LUA, q(B.root .. "/bench/worker.lua"),
+        q(portal.https_webhook_url), leads, held.first_id, held.last_id, c.fast and 1 or 0, c.parallel,
+        c.page_batch, limited and 1 or 0, q(portal.ca_file))
     end
     return string.format("B24_SDK_DIR=%s B24_HOOK_URL=%s NODE_EXTRA_CA_CERTS=%s node %s %s %d %s", q(npm_dir),
       q(portal.https_webhook_url), q(portal.ca_file), q(B.root .. "/bench/npm/export.cjs"), c.pkg, leads,
@@ -88,7 +89,9 @@ return function(B)
   -- raises (a failure to run) when the rows are wrong.
   local function export(c, portal, leads, limited)
     portal:reset { leads = leads }
-    local out = B.run(command(c, portal, leads, limited))
+    local held = portal:leads {}
+    if held.count ~= leads then error(string.format("the portal holds %s leads, not %d", held.count, leads), 0) end
+    local out = B.run(command(c, portal, held, limited))
     if not out:find("rows=" .. leads, 1, true) or out:find("ordered=false", 1, true) then
       error(c.label .. ": not every id once in ascending order: " .. out, 0)
     end
@@ -127,7 +130,7 @@ return function(B)
     r.floor, r.parallel, r.ratio = f, f.parallel, r.seconds / f.floor
     if leads ~= X.leads then
       local est = floors(counted[c].log, f.parallel)
-      r.estimate = r.ratio * est.floor
+      r.estimate, r.full_floor = r.ratio * est.floor, est
     end
     r.full_seconds = r.estimate or r.seconds
     walled[c] = r
@@ -136,7 +139,7 @@ return function(B)
 
   local function where(r)
     if r.leads == X.leads then return string.format("%.1f s", r.seconds) end
-    return string.format("%.1f s on %s leads, ~%.0f s for %s", r.seconds, fmt_int(r.leads), r.estimate,
+    return string.format("%.1f s on %s leads, ~%s s for %s", r.seconds, fmt_int(r.leads), fmt_int(r.estimate),
       fmt_int(X.leads))
   end
 
@@ -148,6 +151,7 @@ return function(B)
     portals()
     for _, c in ipairs { C1, CD, CN, CT } do counted[c] = export(c, count_portal, X.leads, false) end
     local a, d, n, t = counted[C1].requests, counted[CD].requests, counted[CN].requests, counted[CT].requests
+    B.facts["7"] = { requests = fmt_int(math.max(a, d)) }
     B.add_row { id = "7a", name = string.format("export of %s leads, fast mode: HTTP requests; every id exactly "
         .. "once, ascending", N),
       measured = string.format("%s (parallel = 1), %s (default parallel); ids: all once, ascending; today's "
@@ -166,17 +170,19 @@ return function(B)
 
   B.bench("7c", "export: wall time against the floor", function()
     if not counted[CT] then error("needs row 7a's counts", 0) end
+    -- Judged on the export that ran: its ratio to its own floor (the
+    -- estimate keeps that ratio, so the target shows the full floor).
     local function row(id, c)
       local r = wall(c)
-      local limit = 1.15 * r.floor.floor
+      local f = r.full_floor or r.floor
+      local limit = 1.15 * f.floor
       B.add_row { id = id, name = string.format("wall time of the %s-lead export, %s, %g ms a request + %g ms a "
           .. "sub-call, standard bucket (%g/s, %d)", N, c.label:gsub("^ours, ", ""), X.latency * 1000,
           X.call_cost * 1000, rate, burst),
         measured = string.format("%s: %.2fx the floor (%d requests, %d in flight, %d x 503)", where(r), r.ratio,
           r.requests, r.parallel, r.rejected),
-        target = string.format("<= 1.15x max(bucket %.1f s, latency %.1f s) = %.1f s", r.floor.bucket,
-          r.floor.latency, limit),
-        met = r.seconds <= limit and r.rejected == 0 }
+        target = string.format("<= 1.15x max(bucket %.1f s, latency %.1f s) = %.1f s", f.bucket, f.latency, limit),
+        met = r.ratio <= 1.15 and r.rejected == 0 }
     end
     row("7c", C1)
     row("7d", CD)

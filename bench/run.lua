@@ -1,6 +1,6 @@
 -- make bench: this client side by side with its alternatives, in one run.
 --
---   lua5.4 bench/run.lua [--smoke] [--out FILE]
+--   lua5.4 bench/run.lua [--smoke] [--only 6,7a] [--out FILE]
 --
 -- The machine is shared and noisy, so every headline figure is a ratio to
 -- a peer measured in the same run, interleaved (each round runs every
@@ -10,7 +10,10 @@
 --
 -- Targets are reported, not asserted: the exit status is non-zero only
 -- when a benchmark failed to run. --smoke runs every row with small counts
--- (about a minute) and writes no file unless --out is given.
+-- (about a minute) and writes no file unless --out is given; so does
+-- --only, which runs the rows whose ids start with one of the given
+-- prefixes (a row that needs another's figures says so when that one is
+-- left out).
 --
 -- Needs: make (the core for this Lua and for LuaJIT), build/bench/curl_loop,
 -- nginx with the Lua module, wrk, /usr/bin/python3 with requests, luasocket.
@@ -27,17 +30,29 @@ local bitrix24 = require "bitrix24"
 local core = require "bitrix24.core"
 local fake = require "bitrix24.fake.server"
 
-local SMOKE, OUT = false, nil
+local SMOKE, OUT, ONLY = false, nil, nil
 do
   local i = 1
   while arg[i] do
     if arg[i] == "--smoke" then SMOKE = true
     elseif arg[i] == "--out" then i = i + 1; OUT = arg[i]
-    else io.stderr:write("usage: run.lua [--smoke] [--out FILE]\n"); os.exit(2) end
+    elseif arg[i] == "--only" and arg[i + 1] then
+      i = i + 1
+      ONLY = {}
+      for p in arg[i]:gmatch("[^,%s]+") do ONLY[#ONLY + 1] = p end
+    else io.stderr:write("usage: run.lua [--smoke] [--only 6,7a] [--out FILE]\n"); os.exit(2) end
     i = i + 1
   end
 end
-if not SMOKE and not OUT then OUT = root .. "/bench/RESULTS.md" end
+if not SMOKE and not ONLY and not OUT then OUT = root .. "/bench/RESULTS.md" end
+
+local function selected(id)
+  if not ONLY then return true end
+  for _, p in ipairs(ONLY) do
+    if id:sub(1, #p) == p then return true end
+  end
+  return false
+end
 
 -- Counts: full `make bench` stays under about 10 minutes on 2 cores.
 local C = SMOKE and {
@@ -123,6 +138,7 @@ local function detail(fmt, ...) details[#details + 1] = string.format(fmt, ...) 
 
 -- A benchmark that raises is a failure to run: its row says so.
 local function bench(id, name, fn)
+  if not selected(id) then return end
   log("== %s %s", id, name)
   local ok, err = pcall(fn)
   if not ok then

@@ -9,10 +9,11 @@
 --   worker.lua contacts URL LEADS RATE BURST PARALLEL
 --                                    client:lead_contacts of the first LEADS
 --                                    generated leads (bitrix24.fake.records)
---   worker.lua list URL LEADS FAST PARALLEL PAGE_BATCH LIMIT [CA_FILE]
---                                    client:each("crm.lead.list") of LEADS
---                                    generated leads: every id once and in
---                                    order, wall time, peak RSS growth;
+--   worker.lua list URL LEADS FIRST LAST FAST PARALLEL PAGE_BATCH LIMIT [CA_FILE]
+--                                    client:each("crm.lead.list") of the
+--                                    portal's LEADS leads (ids FIRST..LAST):
+--                                    every id once and in order, wall time,
+--                                    peak RSS growth;
 --                                    LIMIT 0 turns the client's bucket off
 -- PARALLEL and PAGE_BATCH: 0 leaves the option out (the client's default).
 --
@@ -200,12 +201,13 @@ elseif mode == "contacts" then
   print(string.format("leads=%d answered=%d failed=%d seconds=%.3f", #ids, with, failed, seconds))
 
 elseif mode == "list" then
-  -- Rows must come out exactly as the portal holds them: the generated ids,
-  -- ascending, each once. Anything else is a wrong export, not a figure.
-  local url, leads, fast, parallel, page_batch, limit, ca = arg[2], tonumber(arg[3]), arg[4] == "1",
-    tonumber(arg[5]), tonumber(arg[6]), arg[7] == "1", arg[8]
+  -- Rows must come out exactly as the portal holds them: strictly
+  -- ascending ids (so none twice), as many as it holds (so none missing),
+  -- from its first id to its last (the portal's figures: no id list here,
+  -- it would raise the heap the collector lets grow, row 7g).
+  local url, leads, first, last, fast, parallel, page_batch, limit, ca = arg[2], tonumber(arg[3]),
+    tonumber(arg[4]), tonumber(arg[5]), arg[6] == "1", tonumber(arg[7]), tonumber(arg[8]), arg[9] == "1", arg[10]
   local client = bitrix24.webhook(url, { ca_file = ca, rate_limit = limit })
-  local want = require("bitrix24.fake.records").generated_table(leads).ids
   local opts = { fast = fast or nil }
   if parallel > 0 then opts.parallel = parallel end
   if page_batch > 0 then opts.page_batch = page_batch end
@@ -214,22 +216,25 @@ elseif mode == "list" then
   collectgarbage("collect")
   local reset = L.reset_peak()
   local rss0 = L.status_kib("VmRSS")
-  local count, lua_peak, t0 = 0, collectgarbage("count"), now()
+  local count, prev, lua_peak, t0 = 0, nil, collectgarbage("count"), now()
   for lead, err in client:each("crm.lead.list", params, opts) do
     if not lead then error(tostring(err), 0) end
     count = count + 1
     local id = tonumber(lead.ID)
-    if id ~= want[count] then
-      error(string.format("row %d has ID %s, want %s (each id once, ascending)", count, tostring(lead.ID),
-        tostring(want[count])), 0)
+    if not id or (prev and id <= prev) or (count == 1 and id ~= first) then
+      error(string.format("row %d has ID %s after %s (want each id once, ascending from %d)", count,
+        tostring(lead.ID), tostring(prev), first), 0)
     end
+    prev = id
     if count % 500 == 0 then
       local c = collectgarbage("count")
       if c > lua_peak then lua_peak = c end
     end
   end
   local seconds = now() - t0
-  if count ~= #want then error("exported " .. count .. " rows, want " .. #want, 0) end
+  if count ~= leads or prev ~= last then
+    error(string.format("exported %d rows up to ID %s, want %d up to %d", count, tostring(prev), leads, last), 0)
+  end
   print(string.format("rows=%d seconds=%.3f rss0=%d peak=%d reset=%s lua_peak=%.1f", count, seconds, rss0,
     L.status_kib("VmHWM"), tostring(reset), lua_peak))
 
