@@ -6,7 +6,7 @@ local bitrix24 = require "bitrix24"
 local core = require "bitrix24.core"
 
 local ITEMS_GET = "crm.lead.contact.items.get"
-local REAL = support.ROOT .. "/../shared/b24-real-responses/"
+local REAL = support.REAL_RESPONSES .. "/"
 
 describe("core.query", function()
   it("writes PHP-style keys, arrays 0-based, map keys sorted", function()

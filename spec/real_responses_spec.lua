@@ -6,7 +6,7 @@
 local support = require "support"
 local bitrix24 = require "bitrix24"
 
-local DIR = support.ROOT .. "/../shared/b24-real-responses"
+local DIR = support.REAL_RESPONSES
 
 local STATUS = {
   NO_AUTH_FOUND = 401, QUERY_LIMIT_EXCEEDED = 503, INVALID_REQUEST = 400,

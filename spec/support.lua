@@ -57,6 +57,10 @@ end
 -- The repository root, from this file's location.
 M.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]+$") or ".")
 
+-- Response bodies recorded from real portals (where each comes from: its
+-- INDEX.md). Kept in the repository so a plain clone runs every spec.
+M.REAL_RESPONSES = M.ROOT .. "/spec/fixtures/real-responses"
+
 ---------------------------------------------------------------- reference JSON
 
 -- Values: strings, { int = "123" }, { float = "1.5" }, true/false,
