@@ -51,18 +51,10 @@ end
 
 describe("pacing", function()
   local portal, dir
+  support.use_portal({ rate = FAST_RATE, burst = BURST }, function(p) portal = p end)
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = FAST_RATE, burst = BURST }
-    dir = (support.run("mktemp -d"):gsub("%s+$", ""))
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-    if dir then os.execute("rm -rf '" .. dir .. "'") end
-  end)
-
-  before_each(function() portal:reset() end)
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.remove_dir(dir) end)
 
   it("without the client's bucket, the portal does answer 503 (the check can fail)", function()
     local client = bitrix24.webhook(portal.webhook_url, { rate_limit = false, tries = 1 })
@@ -79,11 +71,7 @@ describe("pacing", function()
   end)
 
   it("shares one budget between two processes through a file", function()
-    local script = dir .. "/job.lua"
-    local f = assert(io.open(script, "w"))
-    f:write(([[
-      package.path = %q .. "/lua/?.lua;" .. package.path
-      package.cpath = %q .. "/build/%s/?.so;" .. package.cpath
+    local script = support.write_script(dir .. "/job.lua", ([[
       local bitrix24 = require "bitrix24"
       local from = tonumber(arg[1])
       local client = bitrix24.webhook(%q, { rate = %d, burst = %d, budget = bitrix24.file_budget(%q) })
@@ -91,11 +79,8 @@ describe("pacing", function()
       for i = from, from + 999 do ids[#ids + 1] = i end
       local rows, err = client:lead_contacts(ids)
       print(rows and "OK" or ("FAIL " .. tostring(err)))
-    ]]):format(support.ROOT, support.ROOT, support.LUA_VERSION, portal.webhook_url, FAST_RATE, BURST,
-      dir .. "/budget.json"))
-    f:close()
-    local out = support.run("(" .. support.LUA .. " " .. script .. " 1 & " .. support.LUA .. " " .. script
-      .. " 1001 & wait)")
+    ]]):format(portal.webhook_url, FAST_RATE, BURST, dir .. "/budget.json"))
+    local out = support.run_two(script, 1, 1001)
     assert.equal("OK\nOK\n", out)
     assert.same({ ["200"] = 40 }, statuses(portal))
   end)
@@ -112,14 +97,7 @@ end)
 -- End to end at the portal's real rate: about 16 s, hence the tag.
 describe("pacing at the real 2 requests/s #slow", function()
   local portal
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = REAL_RATE, burst = BURST }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
+  support.use_portal({ rate = REAL_RATE, burst = BURST, reset = false }, function(p) portal = p end)
 
   it("fetches 2,000 leads' contacts with no 503, sleeping instead of spinning", function()
     fetches_paced(portal, REAL_RATE)
@@ -129,15 +107,7 @@ end)
 describe("retries", function()
   local portal
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal(nil, function(p) portal = p end)
 
   local function client(extra)
     local o = { rate = 1000, burst = 100000 }
@@ -248,18 +218,9 @@ end)
 
 describe("operating time", function()
   local portal
-
-  setup(function()
-    -- Buckets of 0.2 s: the 10-bucket window is 2 s instead of 10 minutes.
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000,
-      op_limit = 0.1, op_bucket = 0.2, op_cost = { [ITEMS_GET] = 0.04 } }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  -- Buckets of 0.2 s: the 10-bucket window is 2 s instead of 10 minutes.
+  support.use_portal({ op_limit = 0.1, op_bucket = 0.2, op_cost = { [ITEMS_GET] = 0.04 } },
+    function(p) portal = p end)
 
   it("slows down before the method's limit is reached", function()
     local c = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, operating_limit = 0.1 })
