@@ -173,6 +173,9 @@ end
 
 ---------------------------------------------------------------- the limiter
 
+-- Seconds of the deadline a try needs at the least (see acquire).
+M.MIN_TRY = 0.25
+
 local Limiter = {}
 Limiter.__index = Limiter
 
@@ -236,6 +239,10 @@ end
 -- wait past max_wait or the deadline (the client's own codes: the request
 -- was not sent) or the budget failed.
 function Limiter:acquire(method, deadline)
+  -- A try started with almost nothing left of the deadline would only
+  -- time out (and a write might run on the portal unseen): a wait is
+  -- worth taking only while it leaves MIN_TRY for the try itself.
+  deadline = deadline - M.MIN_TRY
   local now = self.now()
   local op = self.operating[method]
   if op and op.used >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
