@@ -73,7 +73,7 @@ local function check_saved(t, allow_http)
   if t.refresh_token ~= nil and (type(t.refresh_token) ~= "string" or t.refresh_token == "") then
     return nil, "its refresh_token is not a non-empty string"
   end
-  if t.client_endpoint ~= nil and not pcall(M.check_url, t.client_endpoint, "client_endpoint", allow_http, 1) then
+  if t.client_endpoint ~= nil and not M.check_url(t.client_endpoint, "client_endpoint", allow_http) then
     return nil, "its client_endpoint is not a usable URL"
   end
   return t
@@ -243,8 +243,8 @@ function Tokens:adopt(t, allow_http)
   self.access_token = t.access_token
   self.refresh_token = t.refresh_token or self.refresh_token
   if type(t.client_endpoint) == "string" then
-    local ok, base, origin = pcall(M.check_url, t.client_endpoint, "client_endpoint", allow_http, 1)
-    if ok then self.base, self.origin, self.shown = base, origin, base end
+    local base, origin = M.check_url(t.client_endpoint, "client_endpoint", allow_http)
+    if base then self.base, self.origin, self.shown = base, origin, base end
   end
   self:remember_secrets()
 end
