@@ -82,7 +82,7 @@ end
 --- and the call that met it gets BUDGET_ERROR.
 function M.file_budget(path)
   if type(path) ~= "string" or path == "" then
-    errors.raise(1, "file_budget: path must be a non-empty string")
+    errors.raise(2, "file_budget: path must be a non-empty string")
   end
   -- The first write of this process also removes temp files of writers
   -- killed mid-write (a directory scan, too costly for every request).
@@ -133,7 +133,9 @@ local LOCK_WAIT = 5       -- seconds to wait for the lock before giving up
 local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
 
 function M.shared_dict_budget(dict)
-  dict = shared_dict.resolve(dict, "shared_dict_budget", 1)
+  local why
+  dict, why = shared_dict.resolve(dict, "shared_dict_budget")
+  if not dict then errors.raise(2, why) end
   local function locked(state_key, fn)
     local raw, state = dict:get(state_key), {}
     if raw ~= nil then
