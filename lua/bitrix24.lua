@@ -312,7 +312,7 @@ local function perform(self, method, body, safe)
           os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(now + wait)), wait)
         retry = false
       end
-      if not retry or now + wait > deadline then
+      if not retry or now + wait + limiter.MIN_TRY > deadline then
         return nil, final_error(a, method, code, description, status, extra, tries)
       end
       env.sleep(wait)

@@ -213,10 +213,13 @@ end
 -- this client reserves); one read above it (left by an older version, or
 -- written by hand) is clamped to it, one that is not a number counts as a
 -- full bucket, and a `last` in the future as now.
-function Limiter:reserve(now, deadline)
+function Limiter:reserve(deadline)
   local rate, cap = self.rate, math.max(1, self.burst - 1)
   local ceiling = cap + rate * self.deadline
   local ok, r, err = pcall(self.budget.update, self.budget, self.key, function(state)
+    -- The time is read under the budget's lock: processes sharing it then
+    -- see `last` only grow, and no stretch of draining is counted twice.
+    local now = self.now()
     local level, last = finite(state.level), finite(state.last)
     if state.level == nil then level = 0 elseif not level or level < 0 then level = cap end
     if not last or last > now then last = now end
@@ -258,10 +261,10 @@ function Limiter:acquire(method, deadline)
     end
     self.sleep(wait)
     op.used = 0
-    now = self.now()
+    local now = self.now()
   end
   if not self.enabled then return true end
-  local r, err = self:reserve(now, deadline)
+  local r, err = self:reserve(deadline)
   if not r then return nil, "BUDGET_ERROR", "the rate-limit budget failed: " .. tostring(err) end
   if not r.taken then
     return nil, "RATE_LIMIT_WAIT", string.format(
