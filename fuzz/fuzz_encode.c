@@ -1,4 +1,4 @@
-/* libFuzzer target: core.encode (src/json.c), the JSON encoder of request
+/* libFuzzer target: core.json_encode (src/json.c), the JSON encoder of request
  * bodies, on any Lua value built from the input (common.h): cycles, NaN
  * and infinities, functions, threads, userdata, NUL bytes and invalid
  * UTF-8, mixed and sparse keys.

@@ -43,18 +43,19 @@ b24_buf *b24_bufs_new(lua_State *L, int n)
     return u->b;
 }
 
-void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
+int b24_buf_append(b24_buf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
+    if (n + 1 > b->cap - b->len || !b->p) {
         size_t cap = b->cap ? b->cap : 256;
         char *p;
-        while (cap < b->len + n + 1)
+        while (cap - b->len < n + 1) {
+            if (cap > (size_t)-1 / 2)
+                return 0;
             cap *= 2;
-        p = realloc(b->p, cap);
-        if (!p) {
-            luaL_error(L, "out of memory");
-            return; /* not reached: luaL_error does not return */
         }
+        p = realloc(b->p, cap);
+        if (!p)
+            return 0;
         b->p = p;
         b->cap = cap;
     }
@@ -62,6 +63,13 @@ void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
         memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
+    return 1;
+}
+
+void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
+{
+    if (!b24_buf_append(b, s, n))
+        luaL_error(L, "out of memory");
 }
 
 void b24_buf_truncate(b24_buf *b, size_t len)

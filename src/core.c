@@ -10,6 +10,7 @@
 #include "multi.h"
 #include "query.h"
 #include "system.h"
+#include "version.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_OK;
@@ -22,11 +23,11 @@ static void init_curl(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static const luaL_Reg decoders[] = {
-    {"decode", b24_decode},
+static const luaL_Reg codecs[] = {
+    {"envelope", b24_envelope},
     {"json_decode", b24_json_decode},
+    {"json_encode", b24_json_encode},
     {"query", b24_query},
-    {"encode", b24_json_encode},
     {NULL, NULL}
 };
 
@@ -55,7 +56,7 @@ int luaopen_bitrix24_core(lua_State *L)
     push_cjson_decode(L);
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -2);
-    b24_setfuncs(L, decoders, 1);
+    b24_setfuncs(L, codecs, 1);
     lua_pop(L, 1);
     /* Both registrations consume a decode function: a copy goes below
      * the module table for the second one. */
@@ -67,5 +68,7 @@ int luaopen_bitrix24_core(lua_State *L)
     b24_system_register(L);
     lua_pushstring(L, curl_version());
     lua_setfield(L, -2, "curl_version");
+    lua_pushliteral(L, B24_VERSION);
+    lua_setfield(L, -2, "_VERSION");
     return 1;
 }

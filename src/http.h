@@ -9,6 +9,8 @@
 #include <curl/curl.h>
 #include <lua.h>
 
+#include "answer.h"
+
 #define B24_HTTP_MT "bitrix24.http"
 
 /* A client's options, as core.http(opts) reads them. The strings point
@@ -32,12 +34,22 @@ struct curl_slist *b24_http_headers(void);
  * write callback, which point into the caller's own structure). */
 CURLcode b24_http_apply_opts(CURL *curl, const b24_easy_opts *o);
 
-/* Pushes (nil, code, description) for a failed transfer. */
-void b24_http_push_failure(lua_State *L, CURLcode rc, int too_large,
-                           size_t max, const char *errbuf);
+/* Seconds -> libcurl's milliseconds; a positive timeout never becomes 0,
+ * which libcurl reads as "no timeout at all". */
+long b24_ms(double s);
 
-/* Pushes (nil, PORTAL_MOVED, description, status, location-or-nil) for
- * a 3xx answer; returns 5. */
+/* The optional timeout argument i of one request (seconds in
+ * (0, 86400]): the shorter of it and the handle's own timeout_ms. Raises
+ * naming the argument. */
+long b24_http_call_timeout(lua_State *L, int i, long handle_ms);
+
+/* Pushes (nil, failure) for a failed transfer (RESPONSE_TOO_LARGE when
+ * the answer stopped at max_response); returns 2. */
+int b24_http_push_failure(lua_State *L, CURLcode rc, const b24_answer *a,
+                          const char *errbuf);
+
+/* Pushes (nil, failure) with code PORTAL_MOVED, the status and the
+ * location (when there is one) for a 3xx answer; returns 2. */
 int b24_http_push_redirect(lua_State *L, CURL *curl, long status);
 
 /* Registers core.http and the handle's metatable into the module table

@@ -24,7 +24,7 @@
 
 /* The output and the key of the value being written ("fields[X]"). */
 typedef struct {
-    b24_buf out, key;
+    b24_buf *out, *key;   /* the two buffers of one userdata */
 } bufs;
 
 #define add b24_buf_add
@@ -71,23 +71,23 @@ static int is_reference(const char *s, size_t n)
     return 1;
 }
 
-/* Appends "key=" then the value; the key is b->key. */
+/* Appends "key=" then the value; the key is b->key-> */
 static void add_pair(lua_State *L, bufs *b, const char *v, size_t n, int raw)
 {
-    if (b->out.len)
-        add(L, &b->out, "&", 1);
-    add(L, &b->out, b->key.p, b->key.len);
-    add(L, &b->out, "=", 1);
+    if (b->out->len)
+        add(L, b->out, "&", 1);
+    add(L, b->out, b->key->p, b->key->len);
+    add(L, b->out, "=", 1);
     if (raw)
-        add(L, &b->out, v, n);
+        add(L, b->out, v, n);
     else
-        add_escaped(L, &b->out, v, n);
+        add_escaped(L, b->out, v, n);
 }
 
 static int fail(lua_State *L, bufs *b, const char *what)
 {
     return luaL_error(L, "cannot encode %s at %s", what,
-                      b->key.len ? b->key.p : "the top level");
+                      b->key->len ? b->key->p : "the top level");
 }
 
 static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
@@ -105,14 +105,14 @@ static void encode_value(lua_State *L, bufs *b, int depth);
 static void encode_child(lua_State *L, bufs *b, const char *k, size_t kn,
                          int depth)
 {
-    size_t mark = b->key.len;
+    size_t mark = b->key->len;
     if (depth > 0)
-        add(L, &b->key, "[", 1);
-    add_escaped(L, &b->key, k, kn);
+        add(L, b->key, "[", 1);
+    add_escaped(L, b->key, k, kn);
     if (depth > 0)
-        add(L, &b->key, "]", 1);
+        add(L, b->key, "]", 1);
     encode_value(L, b, depth + 1);
-    b24_buf_truncate(&b->key, mark);
+    b24_buf_truncate(b->key, mark);
 }
 
 /* A key as text (with its length: a Lua string may hold NUL bytes) and
@@ -261,15 +261,18 @@ static void encode_value(lua_State *L, bufs *b, int depth)
 /* core.query(params) -> "a=1&b[c]=2" */
 int b24_query(lua_State *L)
 {
-    bufs *b;
+    b24_buf *owned;
+    bufs bs, *b = &bs;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    b = (bufs *)b24_bufs_new(L, 2);
-    add(L, &b->key, "", 0);
-    add(L, &b->out, "", 0);
+    owned = b24_bufs_new(L, 2);
+    b->out = &owned[0];
+    b->key = &owned[1];
+    add(L, b->key, "", 0);
+    add(L, b->out, "", 0);
     lua_pushvalue(L, 1);
     encode_value(L, b, 0);
-    lua_pushlstring(L, b->out.p, b->out.len);
-    b24_bufs_free(&b->out, 2);
+    lua_pushlstring(L, b->out->p, b->out->len);
+    b24_bufs_free(owned, 2);
     return 1;
 }
