@@ -19,7 +19,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     L = b24_fuzz_state();
-    b24_fuzz_push_cjson_decode(L); /* stack index 1 */
+    b24_json_push_decoder(L); /* stack index 1 */
     return 0;
 }
 

@@ -9,6 +9,7 @@
  * envelope is a Lua integer. */
 #include "common.h"
 #include "envelope.h"
+#include "json.h"
 
 static lua_State *L;
 
@@ -20,7 +21,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     L = b24_fuzz_state();
-    b24_fuzz_push_cjson_decode(L); /* stack index 1 */
+    b24_json_push_decoder(L); /* stack index 1 */
     return 0;
 }
 

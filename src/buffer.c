@@ -32,6 +32,7 @@ static int bufs_gc(lua_State *L)
 
 b24_buf *b24_bufs_new(lua_State *L, int n)
 {
+    int i;
     bufs *u = lua_newuserdata(L, sizeof(bufs) + (size_t)(n - 1) * sizeof(b24_buf));
     memset(u, 0, sizeof(bufs) + (size_t)(n - 1) * sizeof(b24_buf));
     u->n = n;
@@ -40,6 +41,8 @@ b24_buf *b24_bufs_new(lua_State *L, int n)
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
+    for (i = 0; i < n; i++)
+        b24_buf_add(L, &u->b[i], "", 0);
     return u->b;
 }
 

@@ -12,7 +12,8 @@ typedef struct {
     size_t len, cap;
 } b24_buf;
 
-/* Pushes a userdata holding n empty buffers and returns them. */
+/* Pushes a userdata holding n empty buffers ("", NUL-terminated) and
+ * returns them: buffer i is the i-th element. */
 b24_buf *b24_bufs_new(lua_State *L, int n);
 
 /* Frees the n buffers now (the userdata's __gc then has nothing to do). */

@@ -31,20 +31,6 @@ static const luaL_Reg codecs[] = {
     {NULL, NULL}
 };
 
-/* Pushes the decode function of a private cjson instance, so the
- * caller's cjson settings (or ours) never leak either way. */
-static void push_cjson_decode(lua_State *L)
-{
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "decode");
-    lua_replace(L, -3);
-    lua_pop(L, 1);
-}
-
 int luaopen_bitrix24_core(lua_State *L)
 {
     pthread_once(&curl_once, init_curl);
@@ -53,7 +39,7 @@ int luaopen_bitrix24_core(lua_State *L)
                           curl_easy_strerror(curl_init_rc));
 
     lua_newtable(L);
-    push_cjson_decode(L);
+    b24_json_push_decoder(L);
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -2);
     b24_setfuncs(L, codecs, 1);

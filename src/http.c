@@ -103,9 +103,16 @@ static const char *opt_str(lua_State *L, int t, const char *key)
 
 /* Reads the options every easy handle of a client shares (see http.h).
  * Raises on a bad option before the caller allocates anything. */
-void b24_http_read_opts(lua_State *L, int t, b24_easy_opts *o)
+void b24_http_read_opts(lua_State *L, b24_easy_opts *o)
 {
+    const int t = 1;
     double max;
+
+    if (lua_isnoneornil(L, t)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, t, LUA_TTABLE);
 
     o->timeout_ms = opt_ms(L, t, "timeout", 60);
     o->connect_ms = opt_ms(L, t, "connect_timeout", 10);
@@ -185,12 +192,7 @@ static int http_new(lua_State *L)
     b24_http *h;
     CURLcode rc = CURLE_OK;
 
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
-    luaL_checktype(L, 1, LUA_TTABLE);
-    b24_http_read_opts(L, 1, &o);
+    b24_http_read_opts(L, &o);
 
     h = lua_newuserdata(L, sizeof *h);
     memset(h, 0, sizeof *h);
@@ -393,17 +395,21 @@ static const luaL_Reg functions[] = {
     {NULL, NULL}
 };
 
-/* Expects the module table and cjson's decode function on the top of
- * the stack (decode on top); consumes the decode function. */
-void b24_http_register(lua_State *L)
+void b24_register_handle(lua_State *L, const char *mt, const luaL_Reg *meta,
+                         const luaL_Reg *index, const luaL_Reg *module)
 {
-    luaL_newmetatable(L, B24_HTTP_MT);
+    luaL_newmetatable(L, mt);
     lua_pushvalue(L, -2);
-    b24_setfuncs(L, metamethods, 1);
+    b24_setfuncs(L, meta, 1);
     lua_newtable(L);
     lua_pushvalue(L, -3);
-    b24_setfuncs(L, methods, 1);
+    b24_setfuncs(L, index, 1);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    b24_setfuncs(L, functions, 1);
+    b24_setfuncs(L, module, 1);
+}
+
+void b24_http_register(lua_State *L)
+{
+    b24_register_handle(L, B24_HTTP_MT, metamethods, methods, functions);
 }

@@ -8,6 +8,7 @@
 
 #include <curl/curl.h>
 #include <lua.h>
+#include <lauxlib.h>
 
 #include "answer.h"
 
@@ -22,9 +23,10 @@ typedef struct {
     size_t max;   /* max_response in bytes */
 } b24_easy_opts;
 
-/* Reads the options table at index t; raises on a bad option. Leaves
- * values on the stack (the strings must stay reachable). */
-void b24_http_read_opts(lua_State *L, int t, b24_easy_opts *o);
+/* Reads the options table, argument 1 (none or nil: all defaults);
+ * raises on a bad option. Leaves values on the stack (the strings must
+ * stay reachable); the table stays at index 1. */
+void b24_http_read_opts(lua_State *L, b24_easy_opts *o);
 
 /* The request headers of every POST (JSON, no "Expect: 100-continue");
  * NULL when out of memory. */
@@ -51,6 +53,14 @@ int b24_http_push_failure(lua_State *L, CURLcode rc, const b24_answer *a,
 /* Pushes (nil, failure) with code PORTAL_MOVED, the status and the
  * location (when there is one) for a 3xx answer; returns 2. */
 int b24_http_push_redirect(lua_State *L, CURL *curl, long status);
+
+/* Registers a handle type into the module table below the cjson decode
+ * function on the top of the stack: the metatable mt with the metamethods
+ * meta, the methods index as its __index, and module (the constructor)
+ * in the module table; each gets the decode function as upvalue 1, which
+ * is popped. */
+void b24_register_handle(lua_State *L, const char *mt, const luaL_Reg *meta,
+                         const luaL_Reg *index, const luaL_Reg *module);
 
 /* Registers core.http and the handle's metatable into the module table
  * below the cjson decode function on the top of the stack; pops it. */

@@ -27,12 +27,6 @@ typedef struct {
 
 #define add b24_buf_add
 
-static int fail(lua_State *L, bufs *b, const char *what)
-{
-    return luaL_error(L, "cannot encode %s at %s", what,
-                      b->path->len ? b->path->p : "the top level");
-}
-
 /* Length of the UTF-8 sequence starting at s (at most n bytes), or 0. */
 static size_t utf8_len(const unsigned char *s, size_t n)
 {
@@ -89,7 +83,7 @@ static void add_string(lua_State *L, bufs *b, const char *s, size_t n)
         } else if (c >= 0x80) {
             len = utf8_len((const unsigned char *)s + i, n - i);
             if (!len)
-                fail(L, b, "a string that is not UTF-8");
+                b24_encode_fail(L, b->path, "a string that is not UTF-8");
         }
         if (esc || c < 0x20) {
             add(L, b->out, s + i - run, run);
@@ -112,7 +106,7 @@ static void add_number(lua_State *L, bufs *b, int idx)
     char num[64];
     size_t n = b24_format_number(L, idx, num, sizeof num);
     if (!n)
-        fail(L, b, "a NaN or infinite number");
+        b24_encode_fail(L, b->path, "a NaN or infinite number");
     add(L, b->out, num, n);
 }
 
@@ -137,29 +131,16 @@ static void push_path(lua_State *L, bufs *b, int array_index)
     }
 }
 
-/* Only plain tables are sent: the checks in Lua read through __index
- * (and pairs through __pairs) while the encoder reads raw keys, so a
- * metatable could make what was checked differ from what is sent. A key
- * sent twice under one name is refused for the same reason. */
-static void check_plain(lua_State *L, bufs *b, int t)
-{
-    if (lua_getmetatable(L, t))
-        fail(L, b, "a table with a metatable");
-    if (b24_key_clash(L, t))
-        fail(L, b, lua_pushfstring(L, "two keys written \"%s\"",
-                                   lua_tostring(L, -1)));
-}
-
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
     int t = lua_gettop(L);
     size_t mark = b->path->len;
 
     if (depth > MAX_DEPTH)
-        fail(L, b, "a table nested too deep (a cycle?)");
+        b24_encode_fail(L, b->path, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 6))
-        fail(L, b, "a table nested too deep");
-    check_plain(L, b, t);
+        b24_encode_fail(L, b->path, "a table nested too deep");
+    b24_check_plain(L, b->path, t);
     if (b24_is_sequence(L, t) && (b24_rawlen(L, t) > 0 || depth > 0)) {
         size_t i, n = b24_rawlen(L, t);
         add(L, b->out, "[", 1);
@@ -179,7 +160,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         while (lua_next(L, t)) {
             int kt = lua_type(L, -2);
             if (kt != LUA_TSTRING && kt != LUA_TNUMBER)
-                fail(L, b, "a key that is not a string or a number");
+                b24_encode_fail(L, b->path, "a key that is not a string or a number");
             if (!first)
                 add(L, b->out, ",", 1);
             first = 0;
@@ -237,7 +218,7 @@ static void encode_value(lua_State *L, bufs *b, int depth)
         }
         /* fall through */
     default:
-        fail(L, b, luaL_typename(L, -1));
+        b24_encode_fail(L, b->path, luaL_typename(L, -1));
     }
     lua_pop(L, 1);
 }
@@ -253,8 +234,6 @@ int b24_json_encode(lua_State *L)
     owned = b24_bufs_new(L, 2);
     b->out = &owned[0];
     b->path = &owned[1];
-    add(L, b->out, "", 0);
-    add(L, b->path, "", 0);
     lua_pushvalue(L, 1);
     encode_value(L, b, 0);
     lua_pushlstring(L, b->out->p, b->out->len);
@@ -297,6 +276,20 @@ static void normalize(lua_State *L)
 #else
 #define normalize(L) ((void)0)
 #endif
+
+/* A private cjson instance, so the caller's cjson settings (or ours)
+ * never leak either way. */
+void b24_json_push_decoder(lua_State *L)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
 
 /* cjson raises on bad JSON, and a raise must not unwind through our
  * caller (which may hold curl state): protected mode. */

@@ -6,6 +6,10 @@
 #include <stddef.h>
 #include <lua.h>
 
+/* Pushes the decode function of a private lua-cjson instance, the
+ * decode_idx of the functions below (raises when cjson is missing). */
+void b24_json_push_decoder(lua_State *L);
+
 /* Decodes text with the cjson decode function at stack index decode_idx,
  * in protected mode. Returns 1 and leaves the value (integral numbers as
  * integers) on the stack, or returns 0 and leaves cjson's message. Never

@@ -123,12 +123,7 @@ static int multi_new(lua_State *L)
     b24_multi *m;
     CURLcode rc = CURLE_OK;
 
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
-    luaL_checktype(L, 1, LUA_TTABLE);
-    b24_http_read_opts(L, 1, &o);
+    b24_http_read_opts(L, &o);
     lua_getfield(L, 1, "parallel");
     if (!lua_isnil(L, -1)) {
         parallel = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : 0;
@@ -423,13 +418,5 @@ static const luaL_Reg functions[] = {
 
 void b24_multi_register(lua_State *L)
 {
-    luaL_newmetatable(L, B24_MULTI_MT);
-    lua_pushvalue(L, -2);
-    b24_setfuncs(L, metamethods, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -3);
-    b24_setfuncs(L, methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-    b24_setfuncs(L, functions, 1);
+    b24_register_handle(L, B24_MULTI_MT, metamethods, methods, functions);
 }
