@@ -9,7 +9,7 @@
 /* All header lines of an answer, interim ones included: below libcurl's
  * own 300 KiB, so an answer with too many header bytes ends as
  * RESPONSE_TOO_LARGE here, as it does on the nginx transport. */
-#define MAX_HEADER_BYTES (256 * 1024)
+#define MAX_HEADER_BYTES ((size_t)256 * 1024)
 
 /* The buffer is kept between answers so small ones need no allocation;
  * one grown past this for a large answer is given back once that answer
