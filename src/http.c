@@ -5,7 +5,6 @@
  * reachable from a C local: arguments are checked before any state is
  * touched, and the response buffer belongs to the userdata, so a raise
  * afterwards (out of memory in lua_pushlstring) leaks nothing. */
-#include <stdlib.h>
 #include <string.h>
 
 #include <curl/curl.h>

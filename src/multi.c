@@ -6,7 +6,9 @@
  * both): handle:call stays the simple blocking path, and this file only
  * adds the queueing. Every easy handle is a copy of one template set up
  * with the same options and headers as handle:call (http.h), and answers
- * are decoded by the same code, so results are identical.
+ * are read through the same buffer (answer.c: max_response counts header
+ * bytes, large buffers are given back) and decoded by the same code, so
+ * results are identical.
  *
  * The rules of http.c hold here too: nothing raises while libcurl runs,
  * arguments are checked before any state changes, and every buffer
@@ -15,7 +17,6 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <limits.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
