@@ -64,7 +64,7 @@ local C = SMOKE and {
   -- rows 6 and 7 (bench/rows_pipeline.lua, bench/rows_export.lua)
   contacts = { leads = 500, latency = 0.05, enterprise = { 5, 250 }, standard = { 2, 5 } },
   fanout = { calls = 10, parallel = 5, latency = 0.05 },
-  base = { rounds = 2, calls = 500 },
+  base = { rounds = 2, calls = 2000 },
   lists = { leads = 5000, small = 500, latency = 0.02, call_cost = 0.001, bucket = { 2, 50 },
             mem = { 1000, 5000 }, max_floor = 10 },
 } or {
