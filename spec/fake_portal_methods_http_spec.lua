@@ -3,7 +3,7 @@
 -- one nginx-hosted portal, requests sent with luasocket. The expected
 -- behaviour is FACTS.md §2-§7 and §10, as in fake_portal_logic_spec.lua.
 
-local fake = require "bitrix24.fake.server"
+local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
 local default_data = require "bitrix24.fake.data"
 local socket = require "socket"
@@ -106,17 +106,8 @@ local function batch(cmd, extra)
 end
 
 describe("fake portal methods over HTTP", function()
-  setup(function()
-    portal = fake.start { tls = false, rate = 1000, burst = 100000, timeout = 600 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    portal:reset() -- data, log, faults, bucket, operating time and limits back to the start
-  end)
+  -- Each test: data, log, faults, bucket, operating time and limits back to the start.
+  support.use_portal(nil, function(p) portal = p end)
 
   describe("crm.lead.contact.*", function()
     it("fields: SORT, IS_PRIMARY, CONTACT_ID with the documented attributes", function()

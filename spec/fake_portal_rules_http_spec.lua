@@ -5,6 +5,7 @@
 -- with the curl CLI.
 
 local fake = require "bitrix24.fake.server"
+local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
 local socket = require "socket"
 local http = require "socket.http"
@@ -69,17 +70,7 @@ local function curl(args)
 end
 
 describe("fake portal server rules over HTTP", function()
-  setup(function()
-    portal = fake.start { tls = false, rate = 1000, burst = 100000, timeout = 600 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    portal:reset()
-  end)
+  support.use_portal(nil, function(p) portal = p end)
 
   describe("batch references", function()
     it("are resolved after the command query is decoded: percent-encoded references work", function()
