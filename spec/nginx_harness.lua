@@ -7,6 +7,7 @@
 -- one version of the multi-version suite only (RUN_UNDER).
 
 local support = require "support"
+local child = require "child_server"
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
@@ -56,15 +57,6 @@ function M.free_port()
   return tonumber(port)
 end
 
--- A zombie counts as dead: nothing may reap an orphan in a container.
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "rb")
-  if not f then return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%)%s+(%S)") ~= "Z"
-end
-
 function M.runs_here()
   return support.LUA_VERSION == M.RUN_UNDER
 end
@@ -108,7 +100,7 @@ function Server:stop()
   local pid = exists(self.prefix .. "/nginx.pid") and support.read_file(self.prefix .. "/nginx.pid"):match("%d+")
   if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
   local deadline = socket.gettime() + 3
-  while alive(self.launcher) and socket.gettime() < deadline do socket.sleep(0.05) end
+  while child.alive(self.launcher) and socket.gettime() < deadline do socket.sleep(0.05) end
   os.execute("kill -KILL " .. self.launcher .. " 2>/dev/null")
   os.execute("rm -rf " .. quote(self.prefix))
 end
