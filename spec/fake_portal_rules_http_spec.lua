@@ -239,8 +239,8 @@ describe("fake portal https_only", function()
   it("answers plain http with 400 INVALID_REQUEST Https required., and serves HTTPS", function()
     local p = fake.start { https_only = true, rate = 1000, burst = 100000, timeout = 120 }
     finally(function() p:stop() end)
-    -- The recorded answer of a real portal (spec/fixtures/real/).
-    local f = assert(io.open("spec/fixtures/real/issue-error-v2-webhook-https-required.json", "rb"))
+    -- The recorded answer of a real portal (spec/fixtures/real-responses/).
+    local f = assert(io.open(support.REAL_RESPONSES .. "/issue-error-v2-webhook-https-required.json", "rb"))
     local recorded = f:read("*a"):gsub("%s+$", "")
     f:close()
     local status, body = curl(quote(p.webhook_url .. "crm.lead.contact.items.get?id=1"))

@@ -2,14 +2,14 @@
 -- @bitrix24/b24jssdk and @2bad/bitrix, from npm, run by node over HTTPS (the
 -- official SDK refuses plain http webhooks; the portal is started with
 -- https_only as a real one answers). What they get back is checked against
--- FACTS.md and the recorded real answers in spec/fixtures/real/.
+-- FACTS.md and the recorded real answers in spec/fixtures/real-responses/.
 --
 -- The packages are installed at spec time into spec/.npm/ (gitignored; kept
 -- between runs, installed again when missing or of another version). When
 -- npm cannot install them, the spec fails and says so: it never passes
 -- without having run the clients.
 
-local fake = require "bitrix24.fake.server"
+local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
 local default_data = require "bitrix24.fake.data"
 
@@ -39,7 +39,7 @@ local function read(path)
 end
 
 local function fixture(name)
-  return (assert(read("spec/fixtures/real/" .. name), "missing fixture " .. name):gsub("%s+$", ""))
+  return (assert(read(support.REAL_RESPONSES .. "/" .. name), "missing fixture " .. name):gsub("%s+$", ""))
 end
 
 -- Whether `dir` holds every package at its version.
@@ -82,7 +82,7 @@ local function run_script(name)
   local ok, out = sh("node -e 'process.exit(Number(process.versions.node.split(\".\")[0]) >= 20 ? 0 : 3)'")
   assert(ok, "this spec needs node >= 20 (the SDK's engines) and npm:\n" .. out)
   ensure_packages()
-  local portal = fake.start { https_only = true, timeout = 300 }
+  local portal = support.start_portal { https_only = true, timeout = 300 }
   ok, out = pcall(function()
     local env = table.concat({
       "B24_SDK_DIR=" .. quote(NPM_DIR),
