@@ -7,43 +7,17 @@
 local fake = require "bitrix24.fake.server"
 local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
-local socket = require "socket"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
 
 local portal
 
 -- POST to a webhook method. `body`: a table goes as JSON, a string as a form.
 local function hook(method, body)
-  local raw, ctype = body, "application/x-www-form-urlencoded"
-  if type(body) == "table" then raw, ctype = json.encode(body), "application/json" end
-  raw = raw or ""
-  local chunks = {}
-  local ok, status = http.request {
-    url = portal.webhook_url .. method,
-    method = "POST",
-    headers = { ["content-length"] = #raw, ["content-type"] = ctype },
-    source = ltn12.source.string(raw),
-    sink = ltn12.sink.table(chunks),
-    create = function()
-      local s = socket.tcp()
-      s:settimeout(10)
-      return s
-    end,
-  }
-  assert(ok, "HTTP request failed: " .. tostring(status))
-  local text = table.concat(chunks)
-  return { status = status, body = text, data = json.decode(text) }
+  return support.send(portal.webhook_url .. method, body or "")
 end
 
 -- A batch of commands given as alternating key/command arguments, in order.
 local function batch(...)
-  local cmd = json.omap()
-  for i = 1, select("#", ...), 2 do
-    local k, v = select(i, ...)
-    json.set(cmd, k, v)
-  end
-  local r = hook("batch", { halt = 0, cmd = cmd })
+  local r = hook("batch", { halt = 0, cmd = support.ordered(...) })
   assert.equal(200, r.status, r.body)
   return r.data.result
 end

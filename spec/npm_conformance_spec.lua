@@ -11,7 +11,6 @@
 
 local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
-local default_data = require "bitrix24.fake.data"
 
 -- The packages and the versions whose API the scripts were written for.
 local PACKAGES = { { "@bitrix24/b24jssdk", "2.2.0" }, { "@2bad/bitrix", "2.5.1" } }
@@ -108,17 +107,6 @@ local function run_script(name)
   return got, raw
 end
 
--- Ids (strings, ascending) of the leads the webhook user may read.
-local function readable_lead_ids()
-  local ids = {}
-  for _, rec in ipairs(default_data().leads) do
-    if rec.access ~= "none" then ids[#ids + 1] = rec.ID end
-  end
-  table.sort(ids)
-  for i, id in ipairs(ids) do ids[i] = string.format("%d", id) end
-  return ids
-end
-
 describe("#npm @bitrix24/b24jssdk against the fake portal over HTTPS", function()
   local got, raw = {}, {}
 
@@ -189,7 +177,7 @@ describe("#npm @bitrix24/b24jssdk against the fake portal over HTTPS", function(
   end)
 
   it("crm.lead.list: offset pages with start=next, and the SDK's >ID walk, see every lead once", function()
-    local want = readable_lead_ids()
+    local want = support.readable_ids("leads")
     local pages, ids = got["list.pages"].pages, {}
     assert.equal(math.ceil(#want / 50), #pages)
     for i, page in ipairs(pages) do
@@ -249,7 +237,7 @@ describe("#npm @2bad/bitrix against the fake portal over HTTPS", function()
   end)
 
   it("list: its batch of start=50, 100, ... pages brings every lead once", function()
-    local want = readable_lead_ids()
+    local want = support.readable_ids("leads")
     assert.equal(#want, got.list.value.total)
     assert.same(want, got.list.value.ids)
   end)
