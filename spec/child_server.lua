@@ -10,18 +10,11 @@
 -- teardown leaves nothing running.
 
 local socket = require "socket"
+local support = require "support"
+
+local read, quote = support.try_read, support.quote
 
 local M = {}
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
 
 -- Whether process pid runs. A zombie counts as gone: nothing may reap an
 -- orphan in a container.
@@ -39,7 +32,6 @@ end
 -- Starts spec/<script> (lifetime in seconds, default 60) and waits for its
 -- port; returns { pid, dir, port, base = "http://127.0.0.1:PORT" }.
 function M.start(script, lifetime)
-  local support = require "support"
   local dir = support.tmpdir()
   local spec_dir = support.ROOT .. "/spec/"
   local parent = read("/proc/self/stat"):match("^%d+")
@@ -62,7 +54,7 @@ end
 function M.stop(s)
   if not s then return end
   os.execute("kill " .. s.pid .. " 2>/dev/null")
-  require("support").remove_dir(s.dir)
+  support.remove_dir(s.dir)
 end
 
 -- What the server wrote to DIR/log ("" when nothing).

@@ -18,26 +18,9 @@ local M = {
 }
 local LIFETIME = 300   -- seconds; the nginx stops by itself after that
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote, capture, write_file = support.quote, support.capture, support.write_file
 
-local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local function exists(path) return support.try_read(path) ~= nil end
 
 local function module_lines()
   for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/local/nginx/modules" } do

@@ -25,20 +25,7 @@ local LUA_DIR_PLACEHOLDER = "/usr/local/share/lua/5.1/"
 local CORE_DIR_PLACEHOLDER = "/usr/local/lib/lua/5.1/"
 local LISTEN_PLACEHOLDER = "listen 8080;"
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local quote, capture, write_file = support.quote, support.capture, support.write_file
 
 -- Plain-text replacement that insists the text is there: a README edit
 -- that drops a placeholder must fail here, not run a different config.

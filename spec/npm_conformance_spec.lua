@@ -18,7 +18,7 @@ local NPM_DIR = "spec/.npm"
 local INSTALL_TIMEOUT = 180   -- seconds for npm install
 local RUN_TIMEOUT = 120       -- seconds for one node script
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote, read = support.quote, support.try_read
 
 -- Runs a shell command; returns whether it exited 0, and its output.
 local function sh(cmd)
@@ -27,14 +27,6 @@ local function sh(cmd)
   p:close()
   local rc = tonumber(out:match("exit=(%d+)%s*$"))
   return rc == 0, (out:gsub("exit=%d+%s*$", ""))
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
 end
 
 local function fixture(name)

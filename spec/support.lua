@@ -88,7 +88,7 @@ function M.run(cmd, env)
   local out, err = os.tmpname(), os.tmpname()
   local prefix = ""
   for k, v in pairs(env or {}) do
-    prefix = prefix .. k .. "='" .. tostring(v):gsub("'", "'\\''") .. "' "
+    prefix = prefix .. k .. "=" .. M.quote(v) .. " "
   end
   local full = prefix .. cmd .. " >" .. out .. " 2>" .. err .. "; echo $? >>" .. err
   os.execute(full)
@@ -151,6 +151,32 @@ function M.read_file(path)
   local s = f:read("*a")
   f:close()
   return s
+end
+
+-- The file's content, or nil when it cannot be read (not there yet).
+function M.try_read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function M.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- s as one word for sh.
+function M.quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+
+-- A shell command's output, without its trailing white space.
+function M.capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("*a")
+  p:close()
+  return (out:gsub("%s+$", ""))
 end
 
 -- One HTTP request with luasocket, for specs that talk to the fake portal
