@@ -40,9 +40,9 @@ return function(B)
       requests = math.floor(stats.requests), rejected = math.floor(stats.by_status["503"] or 0),
     }
     -- The least the portal allows: the bucket (one request a 1/rate s once
-    -- the burst is used up) or the latency (requests / parallel in a row).
+    -- the burst is used up) or the latency (requests / parallel rounds).
     r.bucket_floor = math.max(0, (r.requests - burst) / rate)
-    r.latency_floor = r.requests * C.contacts.latency / parallel
+    r.latency_floor = math.ceil(r.requests / parallel) * C.contacts.latency
     r.floor = math.max(r.bucket_floor, r.latency_floor)
     B.log("   contacts bucket %g/%d parallel %d: %.2f s, %d requests, %d x 503, floor %.2f s", rate, burst,
       parallel, r.seconds, r.requests, r.rejected, r.floor)
@@ -66,7 +66,7 @@ return function(B)
         C.contacts.enterprise[1], C.contacts.enterprise[2]),
       measured = string.format("%.1f s vs %.1f s: %.1fx faster (%.2fx the floor)", par.seconds, seq.seconds,
         seq.seconds / par.seconds, par.seconds / par.floor),
-      target = string.format("<= 1.2x max(bucket %.1f s, %d x %g s / 8) = %.1f s", par.bucket_floor,
+      target = string.format("<= 1.2x max(bucket %.1f s, ceil(%d / 8) x %g s) = %.1f s", par.bucket_floor,
         par.requests, C.contacts.latency, limit),
       met = par.seconds <= limit and par.rejected == 0 }
     B.detail("Row 6a: sequential %.2f s (%d requests, %d x 503, latency floor %.1f s); parallel = 8 %.2f s "
