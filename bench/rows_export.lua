@@ -1,4 +1,4 @@
--- Rows 7a-7i of `make bench`: exports (issue 16), this client beside
+-- Rows 7a-7j of `make bench`: exports (issue 16), this client beside
 -- today's way and beside two npm packages. Called by bench/run.lua with its
 -- context (see `ctx` there).
 --
@@ -32,6 +32,7 @@ return function(B)
   -- The peers: pkg. `runs`: what the rows below need of each.
   local C1 = { ours = true, fast = true, parallel = 1, page_batch = 0, label = "ours, fast, parallel = 1" }
   local CD = { ours = true, fast = true, parallel = 0, page_batch = 0, label = "ours, fast, default parallel" }
+  local CP = { ours = true, fast = true, parallel = 4, page_batch = 0, label = "ours, fast, parallel = 4" }
   local CN = { ours = true, fast = false, parallel = 0, page_batch = 0, label = "ours, normal, default parallel" }
   local CT = { ours = true, fast = true, parallel = 1, page_batch = 1,
     label = "today's each (page_batch = 1, parallel = 1)" }
@@ -149,21 +150,23 @@ return function(B)
 
   B.bench("7a", "export: requests of " .. N .. " leads", function()
     portals()
-    for _, c in ipairs { C1, CD, CN, CT } do counted[c] = export(c, count_portal, X.leads, false) end
+    for _, c in ipairs { C1, CD, CP, CN, CT } do counted[c] = export(c, count_portal, X.leads, false) end
     local a, d, n, t = counted[C1].requests, counted[CD].requests, counted[CN].requests, counted[CT].requests
     B.facts["7"] = { requests = fmt_int(math.max(a, d)) }
     B.add_row { id = "7a", name = string.format("export of %s leads, fast mode: HTTP requests; every id exactly "
         .. "once, ascending", N),
       measured = string.format("%s (parallel = 1), %s (default parallel); ids: all once, ascending; today's "
-        .. "each: %s", fmt_int(a), fmt_int(d), fmt_int(t)),
+        .. "each: %s; parallel = 4: %s (its id ranges cost a few more)", fmt_int(a), fmt_int(d), fmt_int(t),
+        fmt_int(counted[CP].requests)),
       target = "<= 42", met = a <= 42 and d <= 42 }
     B.add_row { id = "7b", name = string.format("export of %s leads, normal mode (order ID ASC): HTTP requests", N),
       measured = fmt_int(n), target = "<= 42", met = n <= 42 }
     B.detail("Row 7a/7b: crm.lead.list of %s generated leads (select ID, TITLE) from a fake portal over HTTPS "
       .. "with no latency and no bucket (the client's own bucket off), requests counted by the portal; each "
-      .. "export checked id by id against the portal's ids. Seconds (context only): %.1f fast parallel = 1, "
-      .. "%.1f fast default, %.1f normal default, %.1f today's each.", N, counted[C1].seconds,
-      counted[CD].seconds, counted[CN].seconds, counted[CT].seconds)
+      .. "export checked against the portal's ids (strictly ascending from its first id to its last, as many "
+      .. "as it holds). Seconds (context only): %.1f fast parallel = 1, %.1f fast default, %.1f fast "
+      .. "parallel = 4, %.1f normal default, %.1f today's each.", N, counted[C1].seconds, counted[CD].seconds,
+      counted[CP].seconds, counted[CN].seconds, counted[CT].seconds)
   end)
 
   ------------------------------------------------------------ 7c-7f
@@ -186,32 +189,33 @@ return function(B)
     end
     row("7c", C1)
     row("7d", CD)
-    row("7e", CN)
+    row("7e", CP)
+    row("7f", CN)
     local r = wall(CT)
-    B.add_row { id = "7f", name = "today's each beside them (one list call a request: page_batch = 1, "
+    B.add_row { id = "7g", name = "today's each beside them (one list call a request: page_batch = 1, "
         .. "parallel = 1)",
       measured = string.format("%s (%d requests, %.2fx its floor)", where(r), r.requests, r.ratio),
       target = "(reported)" }
-    B.detail("Row 7c-7f: floors from the portal's log: bucket (requests - %d) / %g s; latency: every request's "
+    B.detail("Rows 7c-7g: floors from the portal's log: bucket (requests - %d) / %g s; latency: every request's "
       .. "%g s plus %g s per method call in it, summed, divided by the most requests the portal had in flight "
       .. "at once. A contender whose %s-lead export has a bucket floor above %d s runs on %s leads; its "
       .. "estimate is its measured ratio to the floor times the floor of the full export (requests counted "
-      .. "in row 7a).", burst, rate, X.latency, X.call_cost, N, X.max_floor, fmt_int(X.small))
+      .. "in row 7a). The client's default parallel is whatever `each` uses without the option.", burst, rate, X.latency, X.call_cost, N, X.max_floor, fmt_int(X.small))
   end)
 
   ------------------------------------------------------------ 7g
 
-  B.bench("7g", "export: peak memory", function()
+  B.bench("7h", "export: peak memory", function()
     local small, large = X.mem[1], X.mem[2]
     portals()
     local a = export(CD, count_portal, small, false)
     local b = large == X.leads and counted[CD] or export(CD, count_portal, large, false)
     local g1, g2 = a.peak - a.rss0, b.peak - b.rss0
-    B.add_row { id = "7g", name = string.format("peak RSS growth of a %s-row export vs a %s-row one (fast, "
+    B.add_row { id = "7h", name = string.format("peak RSS growth of a %s-row export vs a %s-row one (fast, "
         .. "default parallel)", fmt_int(large), fmt_int(small)),
       measured = string.format("+%s KiB vs +%s KiB", fmt_int(g2), fmt_int(g1)),
       target = "bounded by the batches in flight: within 1 MiB", met = g2 - g1 < 1024 }
-    B.detail("Row 7g: VmHWM after the export minus VmRSS before it (the expected ids are in memory before); "
+    B.detail("Row 7h: VmHWM after the export minus VmRSS before it (the expected ids are in memory before); "
       .. "Lua heap peak %.0f KiB (%s rows) and %.0f KiB (%s rows).", a.lua_peak, fmt_int(small), b.lua_peak,
       fmt_int(large))
   end)
@@ -245,8 +249,8 @@ return function(B)
     assert(os.rename(tmp, npm_dir), "cannot move " .. tmp .. " to " .. npm_dir)
   end
 
-  B.bench("7h", "export: the npm peers", function()
-    if not (counted[C1] and walled[CD]) then error("needs rows 7a and 7d", 0) end
+  B.bench("7i", "export: the npm peers", function()
+    if not (counted[C1] and walled[CD]) then error("needs rows 7a and 7c", 0) end
     ensure_packages()
     -- b24jssdk pages one request at a time: its count comes from the count
     -- portal; @2bad/bitrix paces itself at 2 a second, so its one run is on
@@ -256,17 +260,18 @@ return function(B)
     local rj, rt = counted[PJ].requests, t.leads == X.leads and t.requests or nil
     if not rt then error("@2bad/bitrix ran on fewer leads than the full export", 0) end
     local best = math.min(rj, rt)
-    B.add_row { id = "7h", name = string.format("export of %s leads: requests, ours (fast, parallel = 1) vs the "
+    B.add_row { id = "7i", name = string.format("export of %s leads: requests, ours (fast, parallel = 1) vs the "
         .. "best of @bitrix24/b24jssdk fetchList and @2bad/bitrix list", N),
       measured = string.format("%s vs %s (b24jssdk %s, 2bad %s)", fmt_int(counted[C1].requests), fmt_int(best),
         fmt_int(rj), fmt_int(rt)),
       target = "<= the best", met = counted[C1].requests <= best }
     local ours = walled[CD].full_seconds
-    B.add_row { id = "7i", name = string.format("export of %s leads, same portal, latency and bucket: wall time, "
+    local p4 = walled[CP] and string.format(" (parallel = 4: %.1f s)", walled[CP].full_seconds) or ""
+    B.add_row { id = "7j", name = string.format("export of %s leads, same portal, latency and bucket: wall time, "
         .. "ours (fast, default parallel) vs both", N),
-      measured = string.format("%.1f s vs b24jssdk %s, 2bad %s", ours, where(j), where(t)),
+      measured = string.format("%.1f s%s vs b24jssdk %s, 2bad %s", ours, p4, where(j), where(t)),
       target = "less than both", met = ours < j.full_seconds and ours < t.full_seconds }
-    B.detail("Row 7h/7i: the peers from npm (%s %s, %s %s) in bench/.npm, run by node with their defaults "
+    B.detail("Rows 7i/7j: the peers from npm (%s %s, %s %s) in bench/.npm, run by node with their defaults "
       .. "(b24jssdk's own bucket 50 + 2/s; @2bad/bitrix's queue of 2 a second) through bench/npm/export.cjs, "
       .. "against the same portals over HTTPS; each export checked (as many rows as leads, ids ascending). "
       .. "b24jssdk: %d requests, %d x 503, %.2fx its floor on the wall portal; 2bad: %d requests, %d x 503, "
