@@ -123,10 +123,12 @@ local function save(store, t)
   return true
 end
 
+-- The two stores of a portal (see the top of the file).
 local function stores(cfg, member_id)
   local ok, tokens, app = pcall(function() return cfg.store(member_id), cfg.store(member_id .. ".app") end)
-  if not ok or type(tokens) ~= "table" or type(app) ~= "table" then
-    return nil, nil, "cfg.store(" .. member_id .. ") did not give a store: " .. tostring(ok and tokens or tokens)
+  if not ok then return nil, nil, "cfg.store(" .. member_id .. ") raised: " .. tostring(tokens) end
+  if type(tokens) ~= "table" or type(app) ~= "table" then
+    return nil, nil, "cfg.store(" .. member_id .. ") did not give a store"
   end
   return tokens, app
 end
