@@ -144,8 +144,16 @@ location /t/ {
       end
     elseif ngx.var.uri == "/t/boom" then
       on.ONCRMLEADDELETE = function(event) error("the user's code failed on lead " .. event.data.FIELDS.ID) end
+    else
+      -- /t/dict and /t/refresh: read the lead with the portal's client.
+      on.ONCRMLEADUPDATE = function(event, client)
+        local lead, err = client:call("crm.lead.get", { id = event.data.FIELDS.ID })
+        note(ngx.var.uri:sub(4) .. ".log", lead and lead.TITLE or tostring(err))
+      end
     end
-    events.handle { store = events.file_stores(dir), install = { domains = { "@DOMAIN@" } }, on = on }
+    local store = ngx.var.uri == "/t/dict" and events.shared_dict_stores("bitrix24") or events.file_stores(dir)
+    events.handle { store = store, install = { domains = { "@DOMAIN@" } }, on = on,
+      client_id = "@CLIENT_ID@", client_secret = "@CLIENT_SECRET@", token_url = "@TOKEN_URL@" }
   }
 }
 ]]
@@ -190,7 +198,8 @@ describe("receiving events #nginx", function()
       'access_log off;',
       'server {',
       '  listen 127.0.0.1:' .. test_port .. ';',
-      (TEST_LOCATION:gsub("@DIR@", dir):gsub("@DOMAIN@", domain)),
+      (TEST_LOCATION:gsub("@DIR@", dir):gsub("@DOMAIN@", domain):gsub("@CLIENT_ID@", portal.client_id)
+        :gsub("@CLIENT_SECRET@", portal.client_secret):gsub("@TOKEN_URL@", portal.token_url)),
       '}',
     }, "\n    ")
     local a, b = block:find("http {\n", 1, true)
@@ -357,6 +366,45 @@ describe("receiving events #nginx", function()
     assert.is_nil(log:find(app_token, 1, true))
     assert.is_nil(log:find(portal.access_token, 1, true))
     assert.equal(200, (post(test_url .. "boom", event_body("ONCRMLEADDELETE", { FIELDS = { ID = 4 } }))))
+  end)
+
+  it("refreshes an expired token through the portal's store, keeping the rotated pair", function()
+    local before = stored(portal.member_id)
+    portal:expire_tokens()
+    local d = delivered(function()
+      portal:fire { event = "ONCRMLEADUPDATE", url = test_url .. "refresh", data = { FIELDS = { ID = 1 } } }
+    end)
+    assert.equal(200, d.status)
+    assert.equal("Seen by nginx", eventually(function() return (read(dir .. "/refresh.log") or ""):match("[^\n]+") end),
+      error_log())
+    local info = portal:info()
+    local after = stored(portal.member_id)
+    assert.are_not.equal(before.refresh_token, after.refresh_token)
+    assert.equal(info.refresh_token, after.refresh_token)
+    assert.equal(info.access_token, after.access_token)
+    client = require("bitrix24").oauth({ endpoint = portal.oauth_endpoint, access_token = info.access_token },
+      support.opts())
+  end)
+
+  it("keeps and removes the tokens in a shared dict store the same way", function()
+    local url = test_url .. "dict"
+    local d = delivered(function() portal:install { url = url, auth = { application_token = "forged" .. app_token,
+      client_endpoint = "https://" .. domain .. "/rest/" } } end)
+    assert.equal(401, d.status)   -- an install whose endpoint is not the domain's own
+    d = delivered(function() portal:install { url = url } end)
+    assert.equal(200, d.status, error_log())
+    d = delivered(function()
+      portal:fire { event = "ONCRMLEADUPDATE", url = url, data = { FIELDS = { ID = 1 } } }
+    end)
+    assert.equal(200, d.status)
+    assert.equal("Seen by nginx", eventually(function() return (read(dir .. "/dict.log") or ""):match("[^\n]+") end),
+      error_log())
+    d = delivered(function() portal:uninstall { url = url } end)
+    assert.equal(200, d.status)
+    d = delivered(function()
+      portal:fire { event = "ONCRMLEADUPDATE", url = url, data = { FIELDS = { ID = 1 } } }
+    end)
+    assert.equal(401, d.status)
   end)
 
   it("removes the portal's tokens on ONAPPUNINSTALL, then rejects its events", function()
