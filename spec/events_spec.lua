@@ -127,7 +127,7 @@ describe("events.receive", function()
           local lead = client and client:call("crm.lead.get", { id = event.data.FIELDS.ID })
           seen[#seen + 1] = { event = event.event, id = event.data.FIELDS.ID, title = lead and lead.TITLE }
         end,
-        ONAPPTEST = function() error("boom " .. app_token) end,
+        OnAppTest = function() error("boom " .. app_token) end,   -- names are matched in any case
       },
     }
   end)
@@ -270,10 +270,13 @@ describe("event bindings", function()
     assert.has_error(function() hook:bind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h") end)
     local ok, err = pcall(hook.bind, hook, "ONCRMLEADUPDATE", "http://127.0.0.1:9/h")
     assert.is_false(ok)
-    assert.matches("bind: event bindings need application %(OAuth%) auth", err)
+    assert.matches("bind: Bitrix24's event methods take application %(OAuth%) auth only", err)
     assert.has_error(function() hook:event_bindings() end)
     assert.has_error(function() hook:unbind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h") end)
     assert.has_error(function() events.consume_offline(hook, { store = {}, handler = print }) end)
+    assert.has_error(function() events.consume_offline(nil, {}) end,
+      "bitrix24: consume_offline: Bitrix24's event methods take application (OAuth) auth only, and this is "
+      .. "not an OAuth client (outgoing webhooks are set up in Bitrix24's UI)")
     assert.has_error(function() client:bind("ONCRMLEADADD", "http://x/", { event_type = "offline" }) end)
     assert.has_error(function() client:bind("ONCRMLEADADD", "ftp://x/") end)
     assert.has_error(function() client:bind("ONCRMLEADADD", "http://x/", { nope = 1 }) end)

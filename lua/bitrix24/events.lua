@@ -242,7 +242,10 @@ function M.receive(cfg, body, content_type)
   if type(name) ~= "string" or name == "" then return 400, nil, "no event name" end
   name = name:upper()
   event.event = name
-  local fn = cfg.on and (cfg.on[name] or cfg.on[name:lower()])
+  local fn
+  for k, f in pairs(cfg.on or {}) do
+    if k:upper() == name then fn = f end   -- "OnCrmLeadUpdate" is ONCRMLEADUPDATE too
+  end
 
   if cfg.webhook_token then
     if not M.same_token(cfg.webhook_token, auth.application_token) then

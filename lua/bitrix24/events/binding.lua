@@ -10,10 +10,10 @@ local M = {}
 local OPTS = { event_type = "string", auth_type = "number", auth_connector = "string", options = "table" }
 
 local function check_app(client, name, level)
-  local a = rawget(client, "_auth")
+  local a = type(client) == "table" and rawget(client, "_auth")
   if not a or a.kind ~= "oauth" then
-    errors.raise(level, "%s: event bindings need application (OAuth) auth; a webhook client cannot %s "
-      .. "(outgoing webhooks are set up in Bitrix24's UI)", name, name)
+    errors.raise(level, "%s: Bitrix24's event methods take application (OAuth) auth only, and this is "
+      .. "not an OAuth client (outgoing webhooks are set up in Bitrix24's UI)", name)
   end
 end
 

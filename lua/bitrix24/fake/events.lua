@@ -201,13 +201,15 @@ M["event.unbind"] = app_only(function(portal, p)
   return ok(obj("count", count))
 end)
 
-M["event.get"] = app_only(function(portal)
+local function binding_rows(portal)
   local out = {}
   for i, b in ipairs(portal.bindings) do
     out[i] = obj("event", b.event, "handler", b.handler, "auth_type", "0", "offline", b.offline and 1 or 0)
   end
-  return ok(out)
-end)
+  return out
+end
+
+M["event.get"] = app_only(function(portal) return ok(binding_rows(portal)) end)
 
 M["app.info"] = app_only(function(portal)
   return ok(obj("ID", 1, "CODE", portal.client_id, "VERSION", 1, "STATUS", "L", "INSTALLED", true,
@@ -377,8 +379,7 @@ local C = {}
 function C.events(portal)
   local queue_rows = {}
   for i, r in ipairs(portal.offline_queue) do queue_rows[i] = row(r, true) end
-  return 200, obj("application_token", portal.application_token, "bindings", M["event.get"](
-    setmetatable({ request_is_app = true }, { __index = portal })).result,
+  return 200, obj("application_token", portal.application_token, "bindings", binding_rows(portal),
     "deliveries", portal.event_deliveries, "queue", queue_rows)
 end
 
