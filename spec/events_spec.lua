@@ -104,7 +104,8 @@ describe("events.receive", function()
       access_token = portal.access_token, refresh_token = portal.refresh_token, expires_in = "3600",
     }
     for k, v in pairs(auth or {}) do a[k] = v ~= false and v or nil end
-    return form { event = name, data = data or { FIELDS = { ID = 7 } }, ts = 1700000000, auth = a }
+    if data == false then data = nil else data = data or { FIELDS = { ID = 7 } } end
+    return form { event = name, data = data, ts = 1700000000, auth = a }
   end
 
   local function read_store(name)
@@ -187,7 +188,7 @@ describe("events.receive", function()
     for _, auth in ipairs {
       { application_token = "x" .. app_token }, { application_token = false },
       { application_token = app_token:sub(1, -2) }, { member_id = "0123456789abcdef0123456789abcdef" },
-      { member_id = "../../etc/passwd" }, { member_id = false },
+      { member_id = "../../etc/passwd" }, { member_id = "offline" }, { member_id = false },
     } do
       local status, job = events.receive(cfg, body("ONCRMLEADUPDATE", auth))
       assert.equal(401, status)
@@ -226,6 +227,18 @@ describe("events.receive", function()
     assert.same({}, read_store(portal.member_id))
     assert.same({}, read_store(portal.member_id .. ".app"))
     assert.equal(401, (events.receive(cfg, body("ONCRMLEADUPDATE"))))
+  end)
+
+  it("takes the install callback of an API-only app (auth fields, no event) as ONAPPINSTALL", function()
+    assert.same({}, read_store(portal.member_id .. ".app"))
+    local status = events.receive(cfg, body(nil, nil, false))
+    assert.equal(200, status)
+    assert.equal(app_token, read_store(portal.member_id .. ".app").application_token)
+    assert.equal(portal.access_token, read_store(portal.member_id).access_token)
+    local nocfg = {}
+    for k, v in pairs(cfg) do nocfg[k] = v end
+    nocfg.install = nil
+    assert.equal(400, (events.receive(nocfg, body(nil))))   -- without install: no event name
   end)
 
   it("raises on a bad cfg", function()

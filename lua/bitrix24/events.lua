@@ -18,7 +18,7 @@
 --                             member_id }: what events are verified against.
 -- They are separate because a refresh saves a whole new token set over the
 -- first store. member_id comes from the request, so it must look like one
--- (letters, digits, _ and -, at most 64) before it names a file or key.
+-- (hex digits, at most 64) before it names a file or key.
 --
 -- Trust (FACTS §12.2): every event but the first install is checked
 -- against the application_token stored for its member_id, in constant
@@ -100,8 +100,10 @@ local function log(cfg, msg)
   io.stderr:write(msg, "\n")
 end
 
+-- Bitrix24's member_id is 32 hex digits; hex only also keeps a forged one
+-- from naming another file (or a "..") in the stores' directory.
 local function valid_member(id)
-  return type(id) == "string" and #id <= 64 and id:match("^[%w_%-]+$") ~= nil
+  return type(id) == "string" and #id <= 64 and id:match("^%x+$") ~= nil
 end
 
 local function is_loopback(host)
