@@ -396,26 +396,30 @@ end
 Client.__close = Client.close
 
 -- Event bindings (bitrix24.events.binding): OAuth clients only; a webhook
--- client raises before anything is sent.
+-- client raises before anything is sent. (No tail calls below: a raise
+-- must blame the caller's line, and a tail call would drop a frame.)
 local binding = require "bitrix24.events.binding"
 
 --- client:bind(event, handler_url, opts) -> true | nil, err
 --- opts: event_type ("online"|"offline": then handler_url is nil), auth_type, auth_connector, options.
 function Client:bind(event, handler, opts)
   check_client(self, "bind", 2)
-  return binding.bind(self, event, handler, opts, 2)
+  local result, err, envelope = binding.bind(self, event, handler, opts, 2)
+  return result, err, envelope
 end
 
 --- client:unbind(event, handler_url, opts) -> { count = n } | nil, err
 function Client:unbind(event, handler, opts)
   check_client(self, "unbind", 2)
-  return binding.unbind(self, event, handler, opts, 2)
+  local result, err, envelope = binding.unbind(self, event, handler, opts, 2)
+  return result, err, envelope
 end
 
 --- client:event_bindings() -> { { event, handler, auth_type, offline }, ... } | nil, err
 function Client:event_bindings()
   check_client(self, "event_bindings", 2)
-  return binding.list(self, 2)
+  local result, err, envelope = binding.list(self, 2)
+  return result, err, envelope
 end
 
 function Client:__tostring()

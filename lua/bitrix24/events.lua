@@ -338,7 +338,8 @@ end
 
 --- The offline queue consumer: see bitrix24.events.offline.
 function M.consume_offline(client, opts)
-  return require("bitrix24.events.offline").consume(client, opts, 2)
+  local handled, failed = require("bitrix24.events.offline").consume(client, opts, 2)
+  return handled, failed   -- (not a tail call: errors blame the caller's line)
 end
 
 return M
