@@ -313,6 +313,29 @@ describe("receiving events #nginx", function()
     assert.truthy(eventually(function() return (read(dir .. "/slow.log") or ""):match("finished") end))
   end)
 
+  it("the fake portal keeps serving while a handler it POSTs to never answers", function()
+    local server = assert(socket.bind("127.0.0.1", 0))
+    local _, port = server:getsockname()
+    server:settimeout(10)
+    local silent = "http://127.0.0.1:" .. port .. "/silent"
+    assert.is_true(client:bind("ONCRMLEADDELETE", silent))
+    -- (the delivery waits up to 10 s for an answer; these calls give up after 5)
+    local quick = require("bitrix24").oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+      support.opts { timeout = 5 })
+    assert.is_true(quick:call("crm.lead.delete", { id = 5 }))
+    local conn = assert(server:accept())   -- the event arrived, and gets no answer
+    assert.truthy(quick:call("crm.lead.get", { id = 1 }))
+    conn:close()
+    server:close()
+    assert.same({ count = 1 }, client:unbind("ONCRMLEADDELETE", silent))
+  end)
+
+  it("answers 405 to anything but a POST", function()
+    local chunks = {}
+    local _, status = http.request { url = events_url, sink = ltn12.sink.table(chunks) }
+    assert.equal(405, status)
+  end)
+
   it("rejects a forged token and an unknown member_id with 401, running nothing", function()
     local before = read(dir .. "/leads.log")
     local d = delivered(function()
