@@ -16,7 +16,9 @@
 --     error, where PHP would drop it or mangle it silently.
 -- Limits (each an error, never a silent cut like get_post_args' 100
 -- arguments): max_size bytes of body, max_fields pairs, max_depth levels
--- of nesting (`a[b][c]` is depth 3).
+-- of nesting (`a[b][c]` is depth 3). A JSON body (Content-Type
+-- application/json) must be an object and is held to max_size and
+-- max_depth; its values keep their JSON types.
 
 local cjson = require "cjson"
 
