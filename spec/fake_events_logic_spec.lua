@@ -35,7 +35,8 @@ end
 describe("fake portal events", function()
   it("refuses event methods to a webhook, and binds for an application", function()
     local p = new_portal()
-    local status, d = send(p, "/rest/1/" .. CODE .. "/event.bind.json", { event = "ONCRMLEADADD", handler = "http://h/" })
+    local status, d = send(p, "/rest/1/" .. CODE .. "/event.bind.json",
+      { event = "ONCRMLEADADD", handler = "http://h/" })
     assert.equal(401, status)
     assert.equal("WRONG_AUTH_TYPE", d.error)
     status = app(p, "event.bind", { event = "ONCRMLEADADD", handler = "http://h/" })

@@ -33,6 +33,8 @@
 local parse = require "bitrix24.events.parse"
 local errors = require "bitrix24.errors"
 
+local fail = errors.message
+
 local M = {
   parse = function(body, content_type, opts) return parse.parse(body, content_type, opts) end,
   DEFAULT_LIMITS = parse.DEFAULTS,
@@ -54,7 +56,7 @@ end
 
 --- store(name) for events.handle: one bitrix24.file_store per name in dir.
 function M.file_stores(dir)
-  if type(dir) ~= "string" or dir == "" then errors.raise(1, "events.file_stores: dir must be a non-empty string") end
+  if type(dir) ~= "string" or dir == "" then errors.raise(2, "events.file_stores: dir must be a non-empty string") end
   local bitrix24 = require "bitrix24"
   return function(name) return bitrix24.file_store(dir .. "/" .. name .. ".json") end
 end
@@ -71,26 +73,28 @@ local CFG = {
   client = "table",
 }
 
-local function check_cfg(cfg, level)
-  if type(cfg) ~= "table" then errors.raise(level, "events: cfg must be a table, got %s", type(cfg)) end
+-- true | nil, why (a programmer error: the caller raises it).
+local function check_cfg(cfg)
+  if type(cfg) ~= "table" then return nil, fail("events: cfg must be a table, got %s", type(cfg)) end
   for k, v in pairs(cfg) do
-    if not CFG[k] then errors.raise(level, "events: unknown cfg.%s", tostring(k)) end
-    if type(v) ~= CFG[k] then errors.raise(level, "events: cfg.%s must be a %s, got %s", k, CFG[k], type(v)) end
+    if not CFG[k] then return nil, fail("events: unknown cfg.%s", k) end
+    if type(v) ~= CFG[k] then return nil, fail("events: cfg.%s must be a %s, got %s", k, CFG[k], type(v)) end
   end
   if not cfg.store and not cfg.webhook_token then
-    errors.raise(level, "events: cfg.store (per-portal stores) or cfg.webhook_token is required")
+    return nil, fail("events: cfg.store (per-portal stores) or cfg.webhook_token is required")
   end
   for name, fn in pairs(cfg.on or {}) do
     if type(name) ~= "string" or type(fn) ~= "function" then
-      errors.raise(level, "events: cfg.on must map event names to functions")
+      return nil, fail("events: cfg.on must map event names to functions")
     end
   end
   if cfg.install then
     local d = cfg.install.domains
     if type(d) ~= "table" or #d == 0 then
-      errors.raise(level, "events: cfg.install.domains must be a non-empty list of portal domains")
+      return nil, fail("events: cfg.install.domains must be a non-empty list of portal domains")
     end
   end
+  return true
 end
 
 local function log(cfg, msg)
@@ -154,7 +158,9 @@ local function trust_install(cfg, auth)
   if not ok then return nil, "ONAPPINSTALL: " .. tostring(client) end
   local info, err = client:call("app.info")
   client:close()
-  if info == nil then return nil, "ONAPPINSTALL: the portal did not accept its access_token (" .. tostring(err) .. ")" end
+  if info == nil then
+    return nil, "ONAPPINSTALL: the portal did not accept its access_token (" .. tostring(err) .. ")"
+  end
   return true
 end
 
@@ -232,7 +238,11 @@ end
 --- Answer `status` at once; when a job is given, run it after the answer
 --- has gone: it runs the cfg.on function (if any) and logs its errors.
 function M.receive(cfg, body, content_type)
-  check_cfg(cfg, 2)
+  local ok, bad = check_cfg(cfg)
+  if not ok then errors.raise(2, bad) end
+  if type(body) ~= "string" then
+    errors.raise(2, fail("events.receive: body must be a string, got %s", type(body)))
+  end
   local event, why = parse.parse(body, content_type, cfg.limits)
   if not event then return (why:find("larger than", 1, true) and 413 or 400), nil, why end
   local auth = event.auth
@@ -307,7 +317,8 @@ end
 --- ngx.eof(), then runs the cfg.on function in the same request, where
 --- cosockets (the client's calls) work.
 function M.handle(cfg)
-  check_cfg(cfg, 2)
+  local ok, bad = check_cfg(cfg)
+  if not ok then errors.raise(2, bad) end
   local ngx = ngx
   local function answer(status, text)
     ngx.status = status
@@ -338,8 +349,10 @@ end
 
 --- The offline queue consumer: see bitrix24.events.offline.
 function M.consume_offline(client, opts)
-  local handled, failed = require("bitrix24.events.offline").consume(client, opts, 2)
-  return handled, failed   -- (not a tail call: errors blame the caller's line)
+  local offline = require "bitrix24.events.offline"
+  local ok, why = offline.check(client, opts)
+  if not ok then errors.raise(2, why) end
+  return offline.consume(client, opts)
 end
 
 return M

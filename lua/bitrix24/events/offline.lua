@@ -14,6 +14,8 @@
 local errors = require "bitrix24.errors"
 local binding = require "bitrix24.events.binding"
 
+local fail = errors.message
+
 local M = {}
 
 local function load(store)
@@ -38,25 +40,30 @@ end
 local OPTS = { store = "table", handler = "function", limit = "number", filter = "table",
   auth_connector = "string", max_batches = "number", on_error = "function" }
 
---- consume(client, opts) -> handled, failed | nil, err
+-- true | nil, why (a programmer error: the caller raises it).
+function M.check(client, opts)
+  local ok, why = binding.check_app(client, "consume_offline")
+  if not ok then return nil, why end
+  if type(opts) ~= "table" then return nil, fail("consume_offline: opts must be a table") end
+  for k, v in pairs(opts) do
+    if not OPTS[k] then return nil, fail("consume_offline: unknown opts.%s", k) end
+    if type(v) ~= OPTS[k] then return nil, fail("consume_offline: opts.%s must be a %s", k, OPTS[k]) end
+  end
+  local store = opts.store
+  if not store or type(store.load) ~= "function" or type(store.save) ~= "function" then
+    return nil, fail("consume_offline: opts.store must have load and save functions")
+  end
+  if not opts.handler then return nil, fail("consume_offline: opts.handler is required") end
+  return true
+end
+
+--- consume(client, opts) -> handled, failed | nil, err (opts checked by M.check)
 --- opts.store: where the process_id lives between runs (bitrix24.file_store(path), or any {load, save});
 --- opts.handler(event) -> true when handled (a raise or a false/nil answer marks it failed);
 --- opts.limit (50 per batch), opts.filter, opts.auth_connector, opts.max_batches (default: until the
 --- queue is empty), opts.on_error(event, err) (told about each failure).
-function M.consume(client, opts, level)
-  level = level or 1
-  binding.check_app(client, "consume_offline", level + 1)
-  if type(opts) ~= "table" then errors.raise(level, "consume_offline: opts must be a table") end
-  for k, v in pairs(opts) do
-    if not OPTS[k] then errors.raise(level, "consume_offline: unknown opts.%s", tostring(k)) end
-    if type(v) ~= OPTS[k] then errors.raise(level, "consume_offline: opts.%s must be a %s", k, OPTS[k]) end
-  end
+function M.consume(client, opts)
   local store, handler = opts.store, opts.handler
-  if not store or type(store.load) ~= "function" or type(store.save) ~= "function" then
-    errors.raise(level, "consume_offline: opts.store must have load and save functions")
-  end
-  if not handler then errors.raise(level, "consume_offline: opts.handler is required") end
-
   local handled, failed, batches = 0, 0, 0
   while not opts.max_batches or batches < opts.max_batches do
     batches = batches + 1
