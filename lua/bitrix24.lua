@@ -14,6 +14,9 @@ local batch = require "bitrix24.batch"
 local paging = require "bitrix24.paging"
 local auth = require "bitrix24.auth"
 local limiter = require "bitrix24.limiter"
+local pipeline = require "bitrix24.pipeline"
+local fanout = require "bitrix24.fanout"
+local runtime = require "bitrix24.runtime"
 
 local M = {
   _NAME = "bitrix24",
@@ -29,7 +32,7 @@ local OPTIONS = {
   on_request = "function", on_response = "function",
   rate = "number", burst = "number", plan = "string", budget = "table", rate_limit = "boolean",
   max_wait = "number", deadline = "number", tries = "number", retry_writes = "boolean",
-  operating_limit = "number", transport = "any",
+  operating_limit = "number", transport = "any", parallel = "number",
 }
 
 local function check_opts(opts, level)
@@ -61,36 +64,11 @@ local function check_opts(opts, level)
   if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
     errors.raise(level, "opts.tries must be a whole number")
   end
+  fanout.check(opts.parallel, "", level + 1)
   return opts
 end
 
--- Plain Lua blocks in a real sleep; inside nginx, ngx.sleep lets the
--- worker serve others meanwhile.
-local function environment()
-  local ngx = rawget(_G, "ngx")
-  if type(ngx) == "table" and type(ngx.sleep) == "function" then
-    return { sleep = ngx.sleep, now = function() ngx.update_time(); return ngx.now() end }
-  end
-  return { sleep = core.sleep, now = core.now }
-end
-
 local warned_tls = false
-
--- Inside nginx (ngx_lua) a blocking libcurl call would stall every request
--- the worker serves, so requests go through nginx's cosockets there.
--- opts.transport: "curl", "nginx", or an object with the same methods as
--- core.http's handle (call, request, close).
-local function open_transport(opts, http_opts)
-  local kind = opts.transport
-  if kind == nil then
-    local ngx = rawget(_G, "ngx")
-    kind = type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
-      and "nginx" or "curl"
-  end
-  if kind == "curl" then return core.http(http_opts) end
-  if kind == "nginx" then return require("bitrix24.transport.nginx").new(http_opts) end
-  return kind
-end
 
 local function new_client(credentials, opts)
   if opts.tls_verify == false and not warned_tls then
@@ -103,11 +81,17 @@ local function new_client(credentials, opts)
     proxy = opts.proxy, max_response = opts.max_response,
     user_agent = opts.user_agent or ("bitrix24-lua/" .. M._VERSION),
   }
-  local env = environment()
-  return setmetatable({
-    _auth = credentials, _opts = opts, _http = open_transport(opts, http_opts), _env = env,
-    _limiter = limiter.new(credentials.origin, opts, env),
+  local kind = opts.transport
+  if kind == nil then kind = runtime.nginx and "nginx" or "curl" end
+  local c = setmetatable({
+    _auth = credentials, _opts = opts, _http = runtime.transport(kind, http_opts), _http_opts = http_opts,
+    _transport_kind = type(kind) == "string" and kind or "custom",
+    _limiter = limiter.new(credentials.origin, opts, runtime),
+    _policy = { tries = opts.tries or 5, retry_writes = opts.retry_writes or false },
+    _parallel = opts.parallel or 1,
   }, Client)
+  c._io = fanout.io(c)
+  return c
 end
 
 --- Incoming webhook: https://portal/rest/<user_id>/<code>/
@@ -170,8 +154,8 @@ local function fail(a, method, code, description, status)
   }
 end
 
--- The JSON body of a call. OAuth's token is added at send time (after a
--- refresh it changes), as the last key, so it wins over a stray "auth".
+-- The JSON body of a call (OAuth's token is added at send time, see
+-- pipeline.lua).
 local function json_body(self, method, params, level)
   local ok, body = pcall(core.encode, params)
   if not ok then
@@ -181,110 +165,6 @@ local function json_body(self, method, params, level)
     errors.raise(level, "%s: params must have string keys with OAuth (the token goes beside them)", method)
   end
   return body
-end
-
-local function with_auth(body, token)
-  if not token then return body end
-  local auth = '"auth":' .. core.encode(token)
-  if body == "{}" then return "{" .. auth .. "}" end
-  return body:sub(1, -2) .. "," .. auth .. "}"
-end
-
-local MAX_REDIRECTS = 3
-
--- Where a redirect may be followed: the same scheme, host and port. A
--- portal that moved to another host must not receive our secrets from a
--- redirect; the caller updates the URL instead.
-local function same_origin(a, location)
-  if type(location) ~= "string" then return nil end
-  local origin = location:match("^(https?://[^/?#]+)")
-  return origin and origin:lower() == a.origin:lower()
-end
-
-local TLS_HINT = "; if the portal's certificate comes from its own CA, pass opts.ca_file"
-  .. " (or opts.ca_path) with that CA"
-
-local function final_error(a, method, code, description, status, extra, tries)
-  if code == "PORTAL_MOVED" and type(extra) ~= "string" then
-    description = description .. " with no Location header: the portal does not say where it went"
-  elseif code == "PORTAL_MOVED" then
-    description = description .. " to " .. extra .. "; update the client's URL"
-  elseif code == "TLS_ERROR" and not description:find("lua_ssl_trusted_certificate", 1, true) then
-    -- (the nginx transport names its own remedy: opts.ca_file has no effect there)
-    description = description .. TLS_HINT
-  end
-  if tries > 1 then description = description .. " (after " .. tries .. " tries)" end
-  local err = fail(a, method, code, description, status)
-  err.tries = tries
-  -- The raw envelope may echo what was sent (a token, the webhook code).
-  if type(extra) == "table" then err.response = errors.redact_all(extra, a.secrets) end
-  return err
-end
-
--- POSTs a JSON body to a method: the one path every request takes.
--- Waits for the rate limit, follows same-host redirects with the same
--- POST, refreshes an expired OAuth token once, and retries what is safe
--- to retry (safe: the request changes nothing, or the caller allows
--- repeats) within the deadline. Returns the envelope, or nil and an
--- error object.
-local function perform(self, method, body, safe)
-  local a, http, opts, lim, env = self._auth, self._http, self._opts, self._limiter, self._env
-  local url, redirects, refreshed, tries = a.base .. method, 0, false, 0
-  local deadline = env.now() + lim.deadline
-  local key = methods.check_name(method, 1)   -- checked already: the lower-case name
-  while true do
-    local ok, c, d = lim:acquire(key, deadline)
-    if not ok then return nil, final_error(a, method, c, d, nil, nil, math.max(tries, 1)) end
-    tries = tries + 1
-    local token = a.access_token
-    if opts.on_request then
-      -- The URL really requested (after a redirect, where it went), shown
-      -- without its secret.
-      local shown = url:sub(1, #a.base) == a.base and a.shown .. url:sub(#a.base + 1) or url
-      opts.on_request { method = method, url = errors.redact(shown, a.secrets) }
-    end
-    local started = opts.on_response and core.monotonic()
-    -- The attempt ends by the deadline too: the transport takes the smaller
-    -- of its own timeout and what is left (at least a moment, so it can say
-    -- TIMEOUT). A request that is not safe to repeat is marked a write, so
-    -- the transport never sends it twice on its own.
-    local left = math.max(deadline - env.now(), 0.001)
-    local result, code, description, status, extra = http:call(url, with_auth(body, token), left, not safe)
-    if result then status, code = code, nil end
-    if opts.on_response then
-      opts.on_response {
-        method = method, duration = core.monotonic() - started, status = status,
-        code = code, operating = result and type(result.time) == "table" and result.time.operating or nil,
-      }
-    end
-    if result then
-      lim:observe(key, result)
-      return result
-    end
-    local retry
-    if code == "expired_token" and a.kind == "oauth" and not refreshed then
-      refreshed = true
-      local done, rc, rd, rs = a:refresh(http, token, opts.allow_http, env.sleep)
-      if not done then return nil, final_error(a, method, rc, rd, rs, nil, tries) end
-      url = a.base .. method
-    elseif code == "PORTAL_MOVED" and same_origin(a, extra) and redirects < MAX_REDIRECTS then
-      redirects = redirects + 1
-      url = extra
-    else
-      retry = tries < lim.tries and lim:should_retry(code, status, safe)
-      local now = env.now()
-      local wait = retry == "operating" and lim:blocked_for(key, now, tries) or retry and lim:backoff(tries)
-      if retry == "operating" and (wait > lim.max_wait or now + wait > deadline) then
-        description = string.format("%s; %s unblocks at %s (in %.0f s)", description, method,
-          os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(now + wait)), wait)
-        retry = false
-      end
-      if not retry or now + wait > deadline then
-        return nil, final_error(a, method, code, description, status, extra, tries)
-      end
-      env.sleep(wait)
-    end
-  end
 end
 
 local function check_params(method, params, level)
@@ -302,13 +182,19 @@ local function check_client(self, name, level)
   if not rawget(self, "_http") then errors.raise(level, "%s: the client is closed", name) end
 end
 
--- level: the frame to blame, counted from call (1: its caller).
-local function call(self, method, params, level)
-  methods.check_name(method, level + 1)
+-- A request state for the pipeline: the method and params checked and
+-- encoded (a bad one raises, blaming `level`, counted from prepare).
+local function prepare(self, method, params, level)
+  local key = methods.check_name(method, level + 1)
   params = check_params(method, params, level + 1)
   params = methods.validate(method, params, level + 1)
   local body = json_body(self, method, params, level + 1)
-  local env, err = perform(self, method, body, self._opts.retry_writes or limiter.is_read(method))
+  return pipeline.request(self, method, key, body, self._opts.retry_writes or pipeline.is_read(method))
+end
+
+-- level: the frame to blame, counted from call (1: its caller).
+local function call(self, method, params, level)
+  local env, err = pipeline.run(self, prepare(self, method, params, level + 1), self._io)
   if not env then return nil, err end
   return env.result, nil, env
 end
@@ -320,13 +206,70 @@ function Client:call(method, params)
   return result, err, env
 end
 
+-- For the library's own bulk work (batch, lead_contacts, exports):
+-- sends `requests` with at most `parallel` in flight (nil: the client's
+-- opts.parallel) and calls on_each(i, envelope, err) for each, in the
+-- order of `requests`; on_each returning false stops the rest. A request
+-- is { method, params } (checked before anything is sent: a bad one
+-- raises, blaming `level`, counted from _send_all) or { method = "batch",
+-- body = json, safe = bool }.
+function Client:_send_all(requests, parallel, on_each, level)
+  local reqs = {}
+  for i, r in ipairs(requests) do
+    if r.body then
+      reqs[i] = pipeline.request(self, r.method, r.method:lower(), r.body, r.safe)
+    else
+      reqs[i] = prepare(self, r[1] or r.method, r[2] or r.params, (level or 1) + 1)
+    end
+  end
+  fanout.run(self, reqs, parallel or self._parallel, on_each)
+end
+
+--- client:calls({ { method, params }, ... }, opts) -> results, errs
+--- Many calls, up to opts.parallel in flight: results[i] is the result of
+--- the i-th call, or errs[i] its error. opts.progress(done, total).
+function Client:calls(list, opts)
+  check_client(self, "calls", 2)
+  if type(list) ~= "table" then errors.raise(1, "calls: list must be an array of { method, params }") end
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then errors.raise(1, "calls: opts must be a table, got %s", type(opts)) end
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    errors.raise(1, "calls: opts.progress must be a function")
+  end
+  local parallel = fanout.check(opts.parallel, "calls: ", 2)
+  for i = 1, #list do
+    if type(list[i]) ~= "table" then errors.raise(1, "calls: list[%d] must be a table { method, params }", i) end
+  end
+  local results, errs, done, total = {}, {}, 0, #list
+  self:_send_all(list, parallel, function(i, env, err)
+    if env then results[i] = env.result else errs[i] = err end
+    done = done + 1
+    if opts.progress then opts.progress(done, total) end
+  end, 2)
+  return results, errs
+end
+
+local function make_error(self)
+  return function(code, description, method) return fail(self._auth, method, code, description) end
+end
+
+-- Sends a batch plan's requests, in parallel unless it halts.
+local function send_batch(self, plan, safe)
+  local parallel = plan.halt and 1 or plan.parallel
+  return batch.run(plan, function(bodies, on_each)
+    local requests = {}
+    for i, body in ipairs(bodies) do requests[i] = { method = "batch", body = body, safe = safe } end
+    self:_send_all(requests, parallel, on_each)
+  end, make_error(self))
+end
+
 --- client:batch(commands, opts) -> results | nil, err
---- commands: { key = { method, params }, ... }; opts.halt, opts.progress.
+--- commands: { key = { method, params }, ... }; opts.halt, opts.progress,
+--- opts.parallel.
 function Client:batch(commands, opts)
   check_client(self, "batch", 2)
   local plan = batch.plan(commands, opts, 2)
-  return batch.run(plan, function(body) return perform(self, "batch", body, plan.reads_only) end,
-    function(code, description, method) return fail(self._auth, method, code, description) end)
+  return send_batch(self, plan, plan.reads_only)
 end
 
 --- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
@@ -334,8 +277,7 @@ function Client:lead_contacts(ids, opts)
   check_client(self, "lead_contacts", 2)
   local plan, keys = batch.plan_lead_contacts(ids, opts, 2)
   if not plan then return {}, {} end
-  local results, err = batch.run(plan, function(body) return perform(self, "batch", body, true) end,
-    function(code, description, method) return fail(self._auth, method, code, description) end)
+  local results, err = send_batch(self, plan, true)
   return batch.by_lead(keys, results, err)
 end
 
@@ -348,7 +290,9 @@ function Client:each(method, params, opts)
   json_body(self, method, params, 2)
   local pager = paging.new(method, params, opts, 2)
   return pager:iterator(function(page_params)
-    return perform(self, method, json_body(self, method, page_params, 1), true)
+    local req = pipeline.request(self, method, methods.check_name(method, 1),
+      json_body(self, method, page_params, 1), true)
+    return pipeline.run(self, req, self._io)
   end)
 end
 
@@ -386,11 +330,30 @@ function Client:__index(key)
 end
 
 --- Frees the connection; the client cannot be used afterwards.
+--- Called during a fan-out (from a callback), it stops the requests in
+--- flight; those not finished end with CANCELLED.
 function Client:close()
   if self._http then
     self._http:close()
     self._http = nil
   end
+  local m = rawget(self, "_multi_handle")
+  if m then
+    m:close()
+    self._multi_handle = nil
+  end
+end
+
+-- The client's core.multi handle, with room for `parallel` requests.
+function Client:_multi(parallel)
+  local m = rawget(self, "_multi_handle")
+  if m and self._multi_parallel >= parallel then return m end
+  if m then m:close() end
+  local o = { parallel = parallel }
+  for k, v in pairs(self._http_opts) do o[k] = v end
+  m = core.multi(o)
+  self._multi_handle, self._multi_parallel = m, parallel
+  return m
 end
 
 Client.__close = Client.close

@@ -26,6 +26,8 @@ function M.new(method, params, opts, level)
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
     errors.raise(level, "each: opts.progress must be a function")
   end
+  -- (accepted and kept for exports that send pages in parallel)
+  local parallel = require("bitrix24.fanout").check(opts.parallel, "each: ", level + 1)
   local id_key = opts.id_key or "ID"
   if opts.fast then
     local order = params.order
@@ -39,7 +41,7 @@ function M.new(method, params, opts, level)
   end
   return setmetatable({
     method = method, params = params, fast = opts.fast and true or false,
-    id_key = id_key, progress = opts.progress, count = 0,
+    id_key = id_key, progress = opts.progress, count = 0, parallel = parallel,
   }, Pager)
 end
 
