@@ -18,6 +18,10 @@ local pipeline = require "bitrix24.pipeline"
 local fanout = require "bitrix24.fanout"
 local runtime = require "bitrix24.runtime"
 
+-- Programmer errors: the checks below return nil and why; each public
+-- function raises why once, blaming its caller (errors.raise(2, why)).
+local fail = errors.message
+
 local M = {
   _NAME = "bitrix24",
   _VERSION = "0.1.0",
@@ -35,36 +39,38 @@ local OPTIONS = {
   operating_limit = "number", transport = "any", parallel = "number",
 }
 
-local function check_opts(opts, level)
+-- Returns the options (a table), or nil and why.
+local function check_opts(opts)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    errors.raise(level, "opts must be a table, got %s", type(opts))
+    return nil, fail("opts must be a table, got %s", type(opts))
   end
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
     if not want then
-      errors.raise(level, "unknown option opts.%s", tostring(k))
+      return nil, fail("unknown option opts.%s", tostring(k))
     elseif want ~= "any" and type(v) ~= want then
-      errors.raise(level, "opts.%s must be a %s, got %s", k, want, type(v))
+      return nil, fail("opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
-      errors.raise(level, "opts.%s must be positive", k)
+      return nil, fail("opts.%s must be positive", k)
     end
   end
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
-    errors.raise(level, 'opts.plan must be "standard" or "enterprise", got %q', opts.plan)
+    return nil, fail('opts.plan must be "standard" or "enterprise", got %q', opts.plan)
   end
   if opts.budget ~= nil and type(opts.budget.update) ~= "function" then
-    errors.raise(level, "opts.budget must have an update function (see bitrix24.file_budget)")
+    return nil, fail("opts.budget must have an update function (see bitrix24.file_budget)")
   end
   local t = opts.transport
   if t ~= nil and t ~= "curl" and t ~= "nginx" and not (type(t) == "table" and type(t.call) == "function"
       and type(t.request) == "function" and type(t.close) == "function") then
-    errors.raise(level, 'opts.transport must be "curl", "nginx" or an object with call, request and close')
+    return nil, fail('opts.transport must be "curl", "nginx" or an object with call, request and close')
   end
   if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
-    errors.raise(level, "opts.tries must be a whole number")
+    return nil, fail("opts.tries must be a whole number")
   end
-  fanout.check(opts.parallel, "", level + 1)
+  local bad = fanout.check(opts.parallel, "")
+  if bad then return nil, bad end
   return opts
 end
 
@@ -94,26 +100,48 @@ local function new_client(credentials, opts)
   return c
 end
 
---- Incoming webhook: https://portal/rest/<user_id>/<code>/
-function M.webhook(url, opts)
-  opts = check_opts(opts, 2)
-  return new_client(auth.webhook(url, opts, 2), opts)
+-- A webhook client, or nil and why.
+local function webhook(url, opts)
+  local credentials, why
+  opts, why = check_opts(opts)
+  if opts then credentials, why = auth.webhook(url, opts) end
+  if not credentials then return nil, why end
+  return new_client(credentials, opts)
 end
 
---- OAuth application: tokens go in the request body, never in the URL.
---- TLS options may be given in the config as well as in opts.
-function M.oauth(cfg, opts)
+-- An OAuth client, or nil and why.
+local function oauth(cfg, opts)
   if type(cfg) ~= "table" then
-    errors.raise(1, "oauth config must be a table, got %s", type(cfg))
+    return nil, fail("oauth config must be a table, got %s", type(cfg))
   end
-  opts = check_opts(opts, 2)
+  local why
+  opts, why = check_opts(opts)
+  if not opts then return nil, why end
   local merged = {}
   for k, v in pairs(opts) do merged[k] = v end
   for _, k in ipairs { "ca_file", "ca_path", "tls_verify" } do
     if cfg[k] ~= nil and merged[k] == nil then merged[k] = cfg[k] end
   end
-  merged = check_opts(merged, 2)
-  return new_client(auth.oauth(cfg, merged, 2), merged)
+  local credentials
+  merged, why = check_opts(merged)
+  if merged then credentials, why = auth.oauth(cfg, merged) end
+  if not credentials then return nil, why end
+  return new_client(credentials, merged)
+end
+
+--- Incoming webhook: https://portal/rest/<user_id>/<code>/
+function M.webhook(url, opts)
+  local client, why = webhook(url, opts)
+  if not client then errors.raise(2, why) end
+  return client
+end
+
+--- OAuth application: tokens go in the request body, never in the URL.
+--- TLS options may be given in the config as well as in opts.
+function M.oauth(cfg, opts)
+  local client, why = oauth(cfg, opts)
+  if not client then errors.raise(2, why) end
+  return client
 end
 
 M.file_store = auth.file_store
@@ -126,26 +154,31 @@ M.shared_dict_budget = limiter.shared_dict_budget
 --- and _TOKEN_URL. Returns nil, err when neither is set.
 function M.from_env(opts)
   local url = os.getenv("BITRIX24_WEBHOOK_URL")
-  if url and url ~= "" then return M.webhook(url, opts) end
   local endpoint = os.getenv("BITRIX24_OAUTH_ENDPOINT")
-  if endpoint and endpoint ~= "" then
+  local client, why
+  if url and url ~= "" then
+    client, why = webhook(url, opts)
+  elseif endpoint and endpoint ~= "" then
     local function env(k)
       local v = os.getenv("BITRIX24_OAUTH_" .. k)
       if v ~= "" then return v end
     end
-    return M.oauth({
+    client, why = oauth({
       endpoint = endpoint, access_token = env("ACCESS_TOKEN"),
       refresh_token = env("REFRESH_TOKEN"), client_id = env("CLIENT_ID"),
       client_secret = env("CLIENT_SECRET"), token_url = env("TOKEN_URL"),
     }, opts)
-  end
-  return nil, errors.new {
+  else
+    return nil, errors.new {
     code = "NO_CONFIG",
     description = "set BITRIX24_WEBHOOK_URL, or BITRIX24_OAUTH_ENDPOINT and BITRIX24_OAUTH_ACCESS_TOKEN",
   }
+  end
+  if not client then errors.raise(2, why) end
+  return client
 end
 
-local function fail(a, method, code, description, status)
+local function fail_error(a, method, code, description, status)
   return errors.new {
     code = code,
     description = errors.redact(description, a.secrets),
@@ -156,104 +189,130 @@ end
 
 -- The JSON body of a call (OAuth's token is added at send time, see
 -- pipeline.lua).
-local function json_body(self, method, params, level)
+-- Returns the body, or nil and why.
+local function json_body(self, method, params)
   local ok, body = pcall(core.encode, params)
   if not ok then
-    errors.raise(level, "%s: params cannot be sent as JSON: %s", method, tostring(body))
+    return nil, fail("%s: params cannot be sent as JSON: %s", method, tostring(body))
   end
   if body:sub(1, 1) ~= "{" and self._auth.kind == "oauth" then
-    errors.raise(level, "%s: params must have string keys with OAuth (the token goes beside them)", method)
+    return nil, fail("%s: params must have string keys with OAuth (the token goes beside them)", method)
   end
   return body
 end
 
-local function check_params(method, params, level)
+local function check_params(method, params)
   if params == nil then return {} end
   if type(params) ~= "table" then
-    errors.raise(level, "%s: params must be a table or nil, got %s", method, type(params))
+    return nil, fail("%s: params must be a table or nil, got %s", method, type(params))
   end
   return params
 end
 
-local function check_client(self, name, level)
+local function check_client(self, name)
   if getmetatable(self) ~= Client then
-    errors.raise(level, "%s: use client:%s(...)", name, name)
+    return nil, fail("%s: use client:%s(...)", name, name)
   end
-  if not rawget(self, "_http") then errors.raise(level, "%s: the client is closed", name) end
+  if not rawget(self, "_http") then return nil, fail("%s: the client is closed", name) end
+  return true
 end
 
--- A request state for the pipeline: the method and params checked and
--- encoded (a bad one raises, blaming `level`, counted from prepare).
-local function prepare(self, method, params, level)
-  local key = methods.check_name(method, level + 1)
-  params = check_params(method, params, level + 1)
-  params = methods.validate(method, params, level + 1)
-  local body = json_body(self, method, params, level + 1)
-  return pipeline.request(self, method, key, body, self._opts.retry_writes or pipeline.is_read(method))
+-- Checks a call of method by the client function `name`: returns its
+-- JSON body and the params to send, or nil and why.
+local function prepare(self, name, method, params)
+  local ok, why = check_client(self, name)
+  if ok then ok, why = methods.check_name(method) end
+  if ok then params, why = check_params(method, params) end
+  if ok and params then params, why = methods.validate(method, params) end
+  if not (ok and params) then return nil, why end
+  local body
+  body, why = json_body(self, method, params)
+  if not body then return nil, why end
+  return body, params
 end
 
--- level: the frame to blame, counted from call (1: its caller).
-local function call(self, method, params, level)
-  local env, err = pipeline.run(self, prepare(self, method, params, level + 1), self._io)
+-- The pipeline's request for a checked call of method with its body.
+local function request(self, method, body)
+  return pipeline.request(self, method, methods.check_name(method), body,
+    self._opts.retry_writes or pipeline.is_read(method))
+end
+
+local function send(self, method, body)
+  local env, err = pipeline.run(self, request(self, method, body), self._io)
   if not env then return nil, err end
   return env.result, nil, env
 end
 
 --- client:call(method, params) -> result, nil, envelope | nil, err
 function Client:call(method, params)
-  check_client(self, "call", 2)
-  local result, err, env = call(self, method, params, 2)
-  return result, err, env
+  local body, why = prepare(self, "call", method, params)
+  if not body then errors.raise(2, why) end
+  return send(self, method, body)
 end
 
--- For the library's own bulk work (batch, lead_contacts, exports):
--- sends `requests` with at most `parallel` in flight (nil: the client's
+-- For the library's own bulk work (batch, lead_contacts, exports): sends
+-- `requests` with at most `parallel` in flight (nil: the client's
 -- opts.parallel) and calls on_each(i, envelope, err) for each, in the
 -- order of `requests`; on_each returning false stops the rest. A request
--- is { method, params } (checked before anything is sent: a bad one
--- raises, blaming `level`, counted from _send_all) or { method = "batch",
--- body = json, safe = bool }.
-function Client:_send_all(requests, parallel, on_each, level)
+-- is { method, params }, or { method = name, body = json, safe = bool }
+-- for a body made already. Every request is checked before any is sent:
+-- returns nil and why for a bad one (the caller raises it), else true.
+function Client:_send_all(requests, parallel, on_each)
   local reqs = {}
   for i, r in ipairs(requests) do
     if r.body then
       reqs[i] = pipeline.request(self, r.method, r.method:lower(), r.body, r.safe)
     else
-      reqs[i] = prepare(self, r[1] or r.method, r[2] or r.params, (level or 1) + 1)
+      local method = r[1] or r.method
+      local body, why = prepare(self, "calls", method, r[2] or r.params)
+      if not body then return nil, why end
+      reqs[i] = request(self, method, body)
     end
   end
   fanout.run(self, reqs, parallel or self._parallel, on_each)
+  return true
 end
 
 --- client:calls({ { method, params }, ... }, opts) -> results, errs
 --- Many calls, up to opts.parallel in flight: results[i] is the result of
 --- the i-th call, or errs[i] its error. opts.progress(done, total).
-function Client:calls(list, opts)
-  check_client(self, "calls", 2)
-  if type(list) ~= "table" then errors.raise(1, "calls: list must be an array of { method, params }") end
+local function check_calls(self, list, opts)
+  local ok, why = check_client(self, "calls")
+  if not ok then return nil, why end
+  if type(list) ~= "table" then return nil, fail("calls: list must be an array of { method, params }") end
   if opts == nil then opts = {} end
-  if type(opts) ~= "table" then errors.raise(1, "calls: opts must be a table, got %s", type(opts)) end
+  if type(opts) ~= "table" then return nil, fail("calls: opts must be a table, got %s", type(opts)) end
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
-    errors.raise(1, "calls: opts.progress must be a function")
+    return nil, fail("calls: opts.progress must be a function")
   end
-  local parallel = fanout.check(opts.parallel, "calls: ", 2)
+  local bad = fanout.check(opts.parallel, "calls: ")
+  if bad then return nil, bad end
   for i = 1, #list do
-    if type(list[i]) ~= "table" then errors.raise(1, "calls: list[%d] must be a table { method, params }", i) end
+    if type(list[i]) ~= "table" then return nil, fail("calls: list[%d] must be a table { method, params }", i) end
   end
+  return opts
+end
+
+function Client:calls(list, opts)
+  local why
+  opts, why = check_calls(self, list, opts)
+  if not opts then errors.raise(2, why) end
   local results, errs, done, total = {}, {}, 0, #list
-  self:_send_all(list, parallel, function(i, env, err)
+  local sent
+  sent, why = self:_send_all(list, opts.parallel, function(i, env, err)
     if env then results[i] = env.result else errs[i] = err end
     done = done + 1
     if opts.progress then opts.progress(done, total) end
-  end, 2)
+  end)
+  if not sent then errors.raise(2, why) end
   return results, errs
 end
 
 local function make_error(self)
-  return function(code, description, method) return fail(self._auth, method, code, description) end
+  return function(code, description, method) return fail_error(self._auth, method, code, description) end
 end
 
--- Sends a batch plan's requests, in parallel unless it halts.
+-- Sends a batch plan's requests, together unless it halts.
 local function send_batch(self, plan, safe)
   local parallel = plan.halt and 1 or plan.parallel
   return batch.run(plan, function(bodies, on_each)
@@ -267,37 +326,42 @@ end
 --- commands: { key = { method, params }, ... }; opts.halt, opts.progress,
 --- opts.parallel.
 function Client:batch(commands, opts)
-  check_client(self, "batch", 2)
-  local plan = batch.plan(commands, opts, 2)
+  local plan, why = check_client(self, "batch")
+  if plan then plan, why = batch.plan(commands, opts) end
+  if not plan then errors.raise(2, why) end
   return send_batch(self, plan, plan.reads_only)
 end
 
 --- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
 function Client:lead_contacts(ids, opts)
-  check_client(self, "lead_contacts", 2)
-  local plan, keys = batch.plan_lead_contacts(ids, opts, 2)
-  if not plan then return {}, {} end
+  local plan, keys = check_client(self, "lead_contacts")
+  if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
+  if plan == nil then errors.raise(2, keys) end   -- keys is why here
+  if not plan then return {}, {} end              -- no ids: nothing to send
   local results, err = send_batch(self, plan, true)
   return batch.by_lead(keys, results, err)
 end
 
 --- for item, err in client:each(method, params, opts) do ... end
 function Client:each(method, params, opts)
-  check_client(self, "each", 2)
-  methods.check_name(method, 2)
-  params = check_params(method, params, 2)
-  params = methods.validate(method, params, 2)
-  json_body(self, method, params, 2)
-  local pager = paging.new(method, params, opts, 2)
+  local body, checked = prepare(self, "each", method, params)
+  local pager, why
+  if body then pager, why = paging.new(method, checked, opts) else why = checked end
+  if not pager then errors.raise(2, why) end
   return pager:iterator(function(page_params)
-    local req = pipeline.request(self, method, methods.check_name(method, 1),
-      json_body(self, method, page_params, 1), true)
+    -- Checked above with the caller's params: pages only add paging keys.
+    local page_body, bad = json_body(self, method, page_params)
+    if not page_body then errors.raise(1, bad) end
+    local req = pipeline.request(self, method, methods.check_name(method), page_body, true)
     return pipeline.run(self, req, self._io)
   end)
 end
 
 -- The typed form: client.crm.lead.contact.items.get{ id = 1 } calls
--- "crm.lead.contact.items.get". Each step is a small callable table.
+-- "crm.lead.contact.items.get". Each step is a small callable table. A
+-- typed path has at least one dot: a single word called on the client
+-- (client:batc{}) is a typo of one of its methods, not a REST method
+-- (client:call("profile") calls one-word methods).
 local Namespace = {}
 
 local function namespace(client, name)
@@ -309,13 +373,48 @@ Namespace.__index = function(ns, key)
   return namespace(rawget(ns, "_client"), rawget(ns, "_name") .. "." .. key)
 end
 
+local CLIENT_METHODS = { "batch", "call", "calls", "close", "each", "lead_contacts" }
+
+-- Edit distance of two short words (insertions, deletions, substitutions).
+local function distance(a, b)
+  local row = {}
+  for j = 0, #b do row[j] = j end
+  for i = 1, #a do
+    local diagonal = row[0]
+    row[0] = i
+    for j = 1, #b do
+      local up = row[j]
+      row[j] = math.min(up + 1, row[j - 1] + 1, diagonal + (a:byte(i) == b:byte(j) and 0 or 1))
+      diagonal = up
+    end
+  end
+  return row[#b]
+end
+
+local function not_a_method(name)
+  local lower = name:lower()
+  for _, m in ipairs(CLIENT_METHODS) do
+    if distance(lower, m) <= 2 then
+      return fail("client:%s is not a method of the client (did you mean %s?)", name, m)
+    end
+  end
+  return fail("client:%s is not a method of the client (its methods: %s); the typed form needs a dotted"
+    .. " method name such as client.crm.lead.list{}, and client:call(\"%s\") calls any method",
+    name, table.concat(CLIENT_METHODS, ", "), name)
+end
+
 Namespace.__call = function(ns, params, ...)
   -- Also called as items:get{...}: the first argument is then the parent.
   if getmetatable(params) == Namespace then params = ... end
-  local client = rawget(ns, "_client")
-  check_client(client, rawget(ns, "_name"), 2)
-  local result, err, env = call(client, rawget(ns, "_name"), params, 2)
-  return result, err, env
+  local client, name = rawget(ns, "_client"), rawget(ns, "_name")
+  local body, why
+  if name:match("^[%w_]+$") then
+    why = not_a_method(name)
+  else
+    body, why = prepare(client, name, name, params)
+  end
+  if not body then errors.raise(2, why) end
+  return send(client, name, body)
 end
 
 Namespace.__tostring = function(ns)

@@ -32,14 +32,14 @@ local unpack = table.unpack or unpack
 
 local M = { MAX_PARALLEL = 256 }
 
--- level: the frame to blame, counted from the caller of check.
-function M.check(v, who, level)
+-- What is wrong with opts.parallel = v, or nil (nil is fine: the default).
+function M.check(v, who)
   if v == nil then return nil end
   if type(v) ~= "number" or v ~= math.floor(v) or v < 1 or v > M.MAX_PARALLEL then
-    errors.raise(level + 1, "%sopts.parallel must be a whole number from 1 to %d, got %s", who, M.MAX_PARALLEL,
+    return errors.message("%sopts.parallel must be a whole number from 1 to %d, got %s", who, M.MAX_PARALLEL,
       tostring(v))
   end
-  return v
+  return nil
 end
 
 -- Delivers finished requests in input order. results[i] = { env, err }.

@@ -6,6 +6,8 @@
 -- seen with start = -1, and stops at a page shorter than 50 rows.
 
 local errors = require "bitrix24.errors"
+local fail = errors.message
+local fanout = require "bitrix24.fanout"
 
 local M = {}
 
@@ -20,28 +22,30 @@ local function copy(t)
   return c
 end
 
-function M.new(method, params, opts, level)
+-- Returns the pager, or nil and why (bad opts, or params fast mode cannot keep).
+function M.new(method, params, opts)
   if opts == nil then opts = {} end
-  if type(opts) ~= "table" then errors.raise(level, "each: opts must be a table, got %s", type(opts)) end
+  if type(opts) ~= "table" then return nil, fail("each: opts must be a table, got %s", type(opts)) end
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
-    errors.raise(level, "each: opts.progress must be a function")
+    return nil, fail("each: opts.progress must be a function")
   end
   -- (accepted and kept for exports that send pages in parallel)
-  local parallel = require("bitrix24.fanout").check(opts.parallel, "each: ", level + 1)
+  local bad = fanout.check(opts.parallel, "each: ")
+  if bad then return nil, bad end
   local id_key = opts.id_key or "ID"
   if opts.fast then
     local order = params.order
     if order ~= nil and (type(order) ~= "table" or next(order) ~= nil and
         (next(order, next(order)) ~= nil or (order[id_key] or ""):upper() ~= "ASC")) then
-      errors.raise(level, "each: opts.fast sorts by %s ascending; params.order cannot ask for another order", id_key)
+      return nil, fail("each: opts.fast sorts by %s ascending; params.order cannot ask for another order", id_key)
     end
     if params.filter ~= nil and type(params.filter) ~= "table" then
-      errors.raise(level, "each: params.filter must be a table")
+      return nil, fail("each: params.filter must be a table")
     end
   end
   return setmetatable({
     method = method, params = params, fast = opts.fast and true or false,
-    id_key = id_key, progress = opts.progress, count = 0, parallel = parallel,
+    id_key = id_key, progress = opts.progress, count = 0, parallel = opts.parallel,
   }, Pager)
 end
 

@@ -13,6 +13,7 @@
 
 local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
+local limiter = require "bitrix24.limiter"
 
 local M = {}
 
@@ -84,7 +85,8 @@ function M.decide(c, req, failure, now)
   else
     wait = M.backoff(req.tries)
   end
-  if now + wait > req.deadline then return "fail", failure.description end
+  -- (a try needs MIN_TRY of the deadline, see limiter.acquire)
+  if now + wait + limiter.MIN_TRY > req.deadline then return "fail", failure.description end
   return "wait", wait
 end
 
