@@ -16,7 +16,7 @@
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
-local shared_dict = require "bitrix24.shared_dict"
+local store = require "bitrix24.store"
 local runtime = require "bitrix24.runtime"
 
 local json = cjson.new()
@@ -85,42 +85,29 @@ function M.file_budget(path)
   if type(path) ~= "string" or path == "" then
     errors.raise(2, "file_budget: path must be a non-empty string")
   end
-  -- The first write of this process also removes temp files of writers
-  -- killed mid-write (a directory scan, too costly for every request).
-  local cleaned = false
-  local function write(text)
-    local ok, err = core.write_file(path, text, not cleaned)
-    cleaned = true
-    return ok, err
-  end
+  local file = store.file(path)
   local function locked(key, fn)
-    local all, bad
-    local f = io.open(path, "rb")
-    if f then
-      all, bad = clean_states(core.json_decode(f:read("*a") or ""))
-      f:close()
-    else
-      all = {}
-    end
+    local there, decoded = file:read()
+    if there == nil then return nil, decoded end
+    local all, bad = {}, nil
+    if there then all, bad = clean_states(decoded) end
     if bad then
-      local ok, err = write(json.encode(all))
+      local ok, err = file:write(json.encode(all))
       return nil, "the budget file " .. path .. " was corrupt (" .. bad .. ")"
         .. (ok and "; it has been repaired" or "; repairing it failed: " .. tostring(err))
     end
     local text, result = apply(all, key, fn)
-    local ok, err = write(text)
+    local ok, err = file:write(text)
     if not ok then return nil, err end
     return result
   end
   return {
     path = path,
     update = function(_, key, fn)
-      local lock, err = core.lock(path .. ".lock", 60)
-      if not lock then return nil, err end
-      local ok, result, uerr = pcall(locked, key, fn)
-      lock:unlock()
+      local ok, result, err = store.locked(file, locked, key, fn)
+      if ok == nil then return nil, result end
       if not ok then return nil, "the budget file " .. path .. ": " .. tostring(result) end
-      return result, uerr
+      return result, err
     end,
   }
 end
@@ -135,31 +122,29 @@ local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
 
 function M.shared_dict_budget(dict)
   local why
-  dict, why = shared_dict.resolve(dict, "shared_dict_budget")
+  dict, why = store.resolve(dict, "shared_dict_budget")
   if not dict then errors.raise(2, why) end
-  local function locked(state_key, fn)
-    local raw, state = dict:get(state_key), {}
-    if raw ~= nil then
-      state = type(raw) == "string" and core.json_decode(raw)
-      if type(state) ~= "table" or not pcall(json.encode, state) then
-        dict:delete(state_key)
-        return nil, "the shared dict's " .. state_key .. " held no budget state; it has been reset"
-      end
+  local function locked(entry, fn)
+    local there, state = entry:read()
+    if not there then
+      state = {}
+    elseif type(state) ~= "table" or not pcall(json.encode, state) then
+      entry:delete()
+      return nil, "the shared dict's " .. entry.key .. " held no budget state; it has been reset"
     end
     local new_state, result = fn(state)
-    local saved, err = dict:set(state_key, json.encode(new_state))
+    local saved, err = entry:write(json.encode(new_state))
     if not saved then return nil, "shared dict: " .. tostring(err) end
     return result
   end
   return {
     dict = dict,
     update = function(_, key, fn)
-      local state_key = "bitrix24:budget:" .. key
-      local unlock, lerr = shared_dict.lock(dict, "bitrix24:lock:" .. key, LOCK_TTL, LOCK_WAIT, LOCK_POLL)
-      if not unlock then return nil, lerr end
-      local ok, result, err = pcall(locked, state_key, fn)
-      unlock()
-      if not ok then return nil, "shared dict " .. state_key .. ": " .. tostring(result) end
+      local entry = store.dict(dict, "bitrix24:budget:" .. key, "bitrix24:lock:" .. key, LOCK_TTL, LOCK_WAIT,
+        LOCK_POLL)
+      local ok, result, err = store.locked(entry, locked, entry, fn)
+      if ok == nil then return nil, result end
+      if not ok then return nil, "shared dict " .. entry.key .. ": " .. tostring(result) end
       return result, err
     end,
   }
