@@ -176,7 +176,7 @@ end
 ---------------------------------------------------------------- nginx
 
 local function run_threads(c, requests, parallel, on_each)
-  local thread = rawget(_G, "ngx").thread
+  local thread = runtime.ngx.thread
   local n, results, started, live = #requests, {}, 0, {}
   local deliver = deliverer(results, on_each)
   local io = direct_io(c)

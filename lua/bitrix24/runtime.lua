@@ -15,6 +15,7 @@ M.nginx = type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.get_
   and type(ngx.sleep) == "function"
 
 if M.nginx then
+  M.ngx = ngx
   -- ngx.sleep lets the worker serve others meanwhile; ngx.now is cached
   -- per event-loop turn, hence the update.
   M.sleep = ngx.sleep
