@@ -125,6 +125,30 @@ describe("fan-out", function()
     end)
   end)
 
+  describe("OAuth", function()
+    it("an expired token met by many calls in flight is refreshed once", function()
+      portal:reset { tokens = true }
+      local info = portal:info()
+      local refreshed = 0
+      local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, token_url = portal.token_url,
+        access_token = info.access_token, refresh_token = info.refresh_token, client_id = info.client_id,
+        client_secret = info.client_secret, on_refresh = function() refreshed = refreshed + 1 end },
+        support.opts { parallel = 8 })
+      portal:expire_tokens()
+      local results, errs = c:calls(item_calls(16))
+      c:close()
+      for i = 1, 16 do
+        if i ~= 13 then assert.is_table(results[i], tostring(errs[i])) end
+      end
+      local asked = 0
+      for _, r in ipairs(portal:requests()) do
+        if r.method == "oauth.token" then asked = asked + 1 end
+      end
+      assert.equal(1, asked)
+      assert.equal(1, refreshed)
+    end)
+  end)
+
   describe("batch and lead_contacts", function()
     it("send independent requests together, with the same results as one by one", function()
       local c = client()

@@ -116,6 +116,10 @@ local function run_multi(c, requests, parallel, on_each)
     if coroutine.status(threads[i]) == "dead" then
       threads[i], active = nil, active - 1
       results[i] = { r[2], r[3] }
+    elseif r[2] == "send" and not rawget(c, "_http") then
+      -- (closed by a hook of this very request: its multi handle is gone)
+      threads[i], active = nil, active - 1
+      results[i] = { nil, cancelled(c, requests[i]) }
     elseif r[2] == "send" then
       waiting[m:start(r[3], r[4], r[5], r[6])] = i
     else
@@ -163,12 +167,12 @@ local function run_multi(c, requests, parallel, on_each)
   local ok, err = pcall(function()
     while delivered() <= n and step() do end
   end)
-  if closed() then
+  if not closed() then
+    if m:in_flight() > 0 then m:abort() end
+  elseif ok then
     -- (close() has closed the multi handle: its transfers are gone)
     for i = delivered(), n do results[i] = results[i] or { nil, cancelled(c, requests[i]) } end
     deliver()
-  elseif m:in_flight() > 0 then
-    m:abort()
   end
   if not ok then error(err, 0) end
 end
