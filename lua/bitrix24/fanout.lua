@@ -48,20 +48,16 @@ local function deliverer(results, on_each)
   local next_out = 1
   return function()
     while results[next_out] do
-      local r = results[next_out]
-      results[next_out] = true   -- delivered: keeps the slot taken, frees the answer
-      local i = next_out
-      next_out = next_out + 1
-      if r ~= true and on_each(i, r[1], r[2]) == false then return false end
+      local r, i = results[next_out], next_out
+      results[i] = true   -- delivered: the slot stays taken, the answer is let go
+      next_out = i + 1
+      if on_each(i, r[1], r[2]) == false then return false end
     end
     return true
   end, function() return next_out end
 end
 
-local function cancelled(c, req)
-  return pipeline.error(c, req.method, { code = "CANCELLED",
-    description = "the client was closed before the call finished" }, math.max(req.tries, 1))
-end
+local cancelled = pipeline.cancelled
 
 -- TEMPORARY until the transports return envelope, status | nil, failure.
 local function adapt(result, code, description, status, extra)

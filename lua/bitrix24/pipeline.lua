@@ -115,6 +115,13 @@ function M.error(c, method, f, tries)
   return err
 end
 
+-- The error of a request the client was closed under (client:close()
+-- from a callback during a fan-out).
+function M.cancelled(c, req)
+  return M.error(c, req.method, { code = "CANCELLED",
+    description = "the client was closed before the call finished" }, math.max(req.tries, 1))
+end
+
 -- The JSON body with OAuth's token, added at send time (after a refresh
 -- it changes), as the last key, so it wins over a stray "auth".
 local function with_auth(body, token)
@@ -142,10 +149,7 @@ function M.run(c, req, io)
   local a, opts, lim = c._auth, c._opts, c._limiter
   req.deadline = req.deadline or io.now() + lim.deadline
   while true do
-    if not rawget(c, "_http") then
-      return nil, M.error(c, req.method, { code = "CANCELLED",
-        description = "the client was closed before the call finished" }, math.max(req.tries, 1))
-    end
+    if not rawget(c, "_http") then return nil, M.cancelled(c, req) end
     local ok, code, description = lim:acquire(req.key, req.deadline, io.sleep)
     if not ok then
       return nil, M.error(c, req.method, { code = code, description = description }, math.max(req.tries, 1))
