@@ -443,17 +443,6 @@ function Client:close()
   end
 end
 
--- The client's core.multi handle, with room for `parallel` requests.
-function Client:_multi(parallel)
-  local m = rawget(self, "_multi_handle")
-  if m and self._multi_parallel >= parallel then return m end
-  if m then m:close() end
-  local o = { parallel = parallel }
-  for k, v in pairs(self._http_opts) do o[k] = v end
-  m = core.multi(o)
-  self._multi_handle, self._multi_parallel = m, parallel
-  return m
-end
 
 Client.__close = Client.close
 

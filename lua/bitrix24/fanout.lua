@@ -24,6 +24,7 @@
 -- request in flight before it propagates; client:close() during the
 -- fan-out does the same, and the requests not finished get CANCELLED.
 
+local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
 local pipeline = require "bitrix24.pipeline"
 local runtime = require "bitrix24.runtime"
@@ -95,8 +96,22 @@ local coroutine_io = {
 
 local function pack(...) return { n = select("#", ...), ... } end
 
+-- The client's core.multi handle (one per client, so its connections stay
+-- alive between fan-outs), with room for `parallel` requests; close()
+-- closes it.
+local function multi_of(c, parallel)
+  local m = rawget(c, "_multi_handle")
+  if m and c._multi_parallel >= parallel then return m end
+  if m then m:close() end
+  local o = { parallel = parallel }
+  for k, v in pairs(c._http_opts) do o[k] = v end
+  m = core.multi(o)
+  c._multi_handle, c._multi_parallel = m, parallel
+  return m
+end
+
 local function run_multi(c, requests, parallel, on_each)
-  local m = c:_multi(parallel)
+  local m = multi_of(c, parallel)
   local n, results, started = #requests, {}, 0
   local deliver, delivered = deliverer(results, on_each)
   local waiting = {}    -- ticket -> index of the coroutine waiting for it

@@ -219,9 +219,11 @@ function Limiter:reserve(deadline)
   return r
 end
 
-local function utc(t)
+-- A time as the "unblocks at" texts show it.
+function M.utc(t)
   return os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(t))
 end
+local utc = M.utc
 
 -- Waits (with sleep(seconds), the caller's) until the bucket and the
 -- method's operating time allow one more request. Returns true, or nil,

@@ -53,10 +53,6 @@ function M.backoff(try)
   return cap / 2 + math.random() * cap / 2
 end
 
-local function utc(t)
-  return os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(t))
-end
-
 --- What to do after a failed try, from the failure, the request's state
 --- (its try count, redirects, refresh, deadline) and the time now:
 ---   "refresh"            refresh the OAuth token and send again
@@ -80,7 +76,7 @@ function M.decide(c, req, failure, now)
     wait = reset_at and reset_at - now or M.backoff(req.tries)
     if wait > lim.max_wait or now + wait > req.deadline then
       return "fail", string.format("%s; %s unblocks at %s (in %.0f s)", failure.description, req.method,
-        utc(now + wait), wait)
+        limiter.utc(now + wait), wait)
     end
   else
     wait = M.backoff(req.tries)
