@@ -191,7 +191,7 @@ end
 -- pipeline.lua).
 -- Returns the body, or nil and why.
 local function json_body(self, method, params)
-  local ok, body = pcall(core.encode, params)
+  local ok, body = pcall(core.json_encode, params)
   if not ok then
     return nil, fail("%s: params cannot be sent as JSON: %s", method, tostring(body))
   end

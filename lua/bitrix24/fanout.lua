@@ -60,17 +60,10 @@ end
 
 local cancelled = pipeline.cancelled
 
--- TEMPORARY until the transports return envelope, status | nil, failure.
-local function adapt(result, code, description, status, extra)
-  if result then return result, code end
-  return nil, { code = code, description = description, status = status,
-    envelope = type(extra) == "table" and extra or nil, location = type(extra) == "string" and extra or nil }
-end
-
 --- The blocking transport as the pipeline's io.
 function M.io(c)
   return {
-    send = function(url, body, left, write) return adapt(c._http:call(url, body, left, write)) end,
+    send = function(url, body, left, write) return c._http:call(url, body, left, write) end,
     sleep = runtime.sleep, now = runtime.now,
   }
 end
@@ -167,7 +160,7 @@ local function run_multi(c, requests, parallel, on_each)
       if w.n > 0 then
         local i = waiting[w[1]]
         waiting[w[1]] = nil
-        resume(i, adapt(unpack(w, 2, w.n)))
+        resume(i, unpack(w, 2, w.n))
       end
     elseif wake < math.huge then
       runtime.sleep(math.max(wake - now, 0))

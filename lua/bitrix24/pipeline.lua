@@ -122,7 +122,7 @@ end
 -- it changes), as the last key, so it wins over a stray "auth".
 local function with_auth(body, token)
   if not token then return body end
-  local auth = '"auth":' .. core.encode(token)
+  local auth = '"auth":' .. core.json_encode(token)
   if body == "{}" then return "{" .. auth .. "}" end
   return body:sub(1, -2) .. "," .. auth .. "}"
 end
