@@ -1,0 +1,292 @@
+-- Many machines on one portal: the rate budget and the OAuth tokens shared
+-- through a real redis-server (spec/redis_server.lua), several client
+-- processes and the fake portal. "Machines" are processes here; what makes
+-- them differ (their clocks) is faked with faketime.
+
+local support = require "support"
+local redis_server = require "redis_server"
+local bitrix24 = require "bitrix24"
+local socket = require "socket"
+
+local ITEMS_GET = "crm.lead.contact.items.get"
+-- The pacing runs against a bucket ten times faster than the portal's real
+-- 2/s with the same ceiling in requests, as in limits_spec.lua.
+local FAST_RATE, REAL_RATE, BURST = 20, 2, 10
+
+local function statuses(portal)
+  local count = {}
+  for _, r in ipairs(portal:requests()) do
+    if r.method ~= "oauth.token" then
+      local s = string.format("%d", r.status)
+      count[s] = (count[s] or 0) + 1
+    end
+  end
+  return count
+end
+
+local function token_requests(portal)
+  local n = 0
+  for _, r in ipairs(portal:requests()) do
+    if r.method == "oauth.token" then n = n + 1 end
+  end
+  return n
+end
+
+-- Seconds between the portal's first and last REST request.
+local function span(portal)
+  local first, last
+  for _, r in ipairs(portal:requests()) do
+    first, last = first or r.time, r.time
+  end
+  return last - first
+end
+
+-- The time the bucket needs for n requests: burst - 1 at once (one unit is
+-- kept spare), then one per 1/rate s.
+local function floor(n, rate)
+  return (n - (BURST - 1)) / rate
+end
+
+-- Runs the commands at the same time; returns their output, in order.
+local function run_all(dir, commands)
+  local parts = {}
+  for i, cmd in ipairs(commands) do
+    parts[#parts + 1] = cmd .. " >" .. dir .. "/out" .. i .. " 2>&1 &"
+  end
+  support.run("(" .. table.concat(parts, " ") .. " wait)")
+  local out = {}
+  for i = 1, #commands do out[i] = support.read_file(dir .. "/out" .. i) end
+  return out
+end
+
+describe("many machines through Redis #redis", function()
+  local portal, server, dir
+
+  setup(function()
+    portal = support.start_portal { tls = false, rate = FAST_RATE, burst = BURST }
+    server = redis_server.start()
+    dir = support.tmpdir()
+  end)
+
+  teardown(function()
+    if portal then portal:stop() end
+    if server then server:remove() end
+    support.remove_dir(dir)
+  end)
+
+  before_each(function()
+    portal:reset()
+    server:cli("FLUSHALL")
+  end)
+
+  -- A job fetching the contacts of leads arg[1] .. arg[2], paced by `budget`
+  -- (Lua source), printing OK or the error.
+  local function job(name, budget, rate)
+    return support.write_script(dir .. "/" .. name .. ".lua", redis_server.PRELUDE .. ([[
+      local bitrix24 = require "bitrix24"
+      local client = bitrix24.webhook(%q, { rate = %d, burst = %d, tries = 1, budget = %s })
+      local ids = {}
+      for i = tonumber(arg[1]), tonumber(arg[2]) do ids[#ids + 1] = i end
+      local rows, err = client:lead_contacts(ids)
+      print(rows and "OK" or ("FAIL " .. tostring(err)))
+    ]]):format(portal.webhook_url, rate or FAST_RATE, BURST, budget))
+  end
+
+  local function three(script, faked)
+    local lua = support.LUA .. " " .. script
+    return run_all(dir, { lua .. " 1 700", lua .. " 701 1350", (faked or "") .. lua .. " 1351 2000" })
+  end
+
+  it("without a shared budget, three processes meet 503 (the check can fail)", function()
+    local out = three(job("alone", "nil"))
+    assert.is_true((statuses(portal)["503"] or 0) > 0, table.concat(out))
+  end)
+
+  it("three processes on one Redis budget, one with its clock 5 minutes ahead: no 503, at the bucket's pace",
+    function()
+      local script = job("shared", ("bitrix24.redis_budget(%q)"):format(server:url()))
+      local out = three(script, "faketime -f '+5m' ")
+      assert.same({ "OK\n", "OK\n", "OK\n" }, out)
+      assert.same({ ["200"] = 40 }, statuses(portal))
+      local took, least = span(portal), floor(40, FAST_RATE)
+      -- Paced (not faster than the bucket), and not slowed by Redis: within
+      -- 10% of the floor, plus one request's worth for process start-up.
+      assert.is_true(took >= least - 1 / FAST_RATE, "took " .. took .. " s")
+      assert.is_true(took <= 1.1 * least + 1 / FAST_RATE, "took " .. took .. " s")
+      -- The bucket is in Redis, and leaves no key behind for ever.
+      local key = "bitrix24:budget:" .. portal.url
+      assert.matches("^%d+", server:cli("TTL " .. key))
+      assert.is_true(tonumber(server:cli("TTL " .. key)) > 0)
+    end)
+
+  it("the process under faketime does see a clock 5 minutes ahead", function()
+    local script = support.write_script(dir .. "/clock.lua", "print(require('bitrix24.core').now())")
+    local out = run_all(dir, { support.LUA .. " " .. script, "faketime -f '+5m' " .. support.LUA .. " " .. script })
+    local diff = tonumber(out[2]) - tonumber(out[1])
+    assert.is_true(diff > 290 and diff < 310, "the clocks differ by " .. diff .. " s")
+  end)
+
+  it("shares the methods' operating times through the reservations", function()
+    local a = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, budget = bitrix24.redis_budget(server:url()) })
+    local b = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, budget = bitrix24.redis_budget(server:url()) })
+    assert(a:call(ITEMS_GET, { id = 1 }))
+    assert(a:call(ITEMS_GET, { id = 2 }))   -- carries the first answer's operating time to Redis
+    assert.is_nil(b._limiter.operating[ITEMS_GET])
+    assert(b:call(ITEMS_GET, { id = 3 }))   -- its reservation brings it back
+    local op = b._limiter.operating[ITEMS_GET]
+    assert.is_table(op)
+    assert.is_number(op.reset_at)
+    assert.matches("^[%d.e+-]+ [%d.e+-]+%s*$", server:cli(("HGET bitrix24:operating:%s %s"):format(portal.url, ITEMS_GET)))
+    a:close()
+    b:close()
+  end)
+
+  describe("when Redis goes away", function()
+    it("goes on with the local budget, says so once, and shares again when Redis is back", function()
+      local reports = {}
+      local budget = bitrix24.redis_budget { url = server:url(), retry_after = 0.3, connect_timeout = 0.5,
+        read_timeout = 0.5, report = function(t) reports[#reports + 1] = t end }
+      local client = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, budget = budget })
+      local key = "bitrix24:budget:" .. portal.url
+      assert(client:call(ITEMS_GET, { id = 1 }))
+      assert.equal("1", server:cli("EXISTS " .. key):match("%d"))
+      server:stop()
+      for i = 1, 5 do
+        local t0 = socket.gettime()
+        assert(client:call(ITEMS_GET, { id = i }))
+        assert.is_true(socket.gettime() - t0 < 1, "a call took " .. socket.gettime() - t0 .. " s")
+      end
+      assert.equal(1, #reports)
+      assert.matches("own budget", reports[1])
+      server:start()
+      socket.sleep(0.35)
+      assert(client:call(ITEMS_GET, { id = 1 }))
+      assert.equal("1", server:cli("EXISTS " .. key):match("%d"))
+      assert.equal(2, #reports)
+      assert.matches("shared again", reports[2])
+      client:close()
+    end)
+
+    it("fails with BUDGET_ERROR instead when budget_fallback = false, without a hang", function()
+      local budget = bitrix24.redis_budget { url = server:url(), budget_fallback = false, retry_after = 0.3,
+        connect_timeout = 0.5, read_timeout = 0.5 }
+      local client = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, budget = budget })
+      assert(client:call(ITEMS_GET, { id = 1 }))
+      server:stop()
+      local t0 = socket.gettime()
+      local rows, err = client:call(ITEMS_GET, { id = 1 })
+      assert.is_nil(rows)
+      assert.equal("BUDGET_ERROR", err.code)
+      assert.matches("127.0.0.1:" .. server.port, err.description, 1, true)
+      assert.is_true(socket.gettime() - t0 < 1.5)
+      assert.same({}, statuses(portal)["503"] and {} or {})
+      server:start()
+      socket.sleep(0.35)
+      assert(client:call(ITEMS_GET, { id = 2 }))
+      client:close()
+    end)
+  end)
+
+  describe("with authentication", function()
+    local function works_with(srv, url)
+      local budget = bitrix24.redis_budget { url = url, budget_fallback = false }
+      local client = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, budget = budget })
+      assert(client:call(ITEMS_GET, { id = 1 }))
+      client:close()
+      assert.equal("1", srv:cli("-n 2 EXISTS bitrix24:budget:" .. portal.url):match("%d"))
+    end
+
+    local function refused(srv, url, secret)
+      srv:cli("FLUSHALL")
+      local budget = bitrix24.redis_budget { url = url, budget_fallback = false }
+      local client = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, budget = budget })
+      local rows, err = client:call(ITEMS_GET, { id = 1 })
+      client:close()
+      assert.is_nil(rows)
+      assert.equal("BUDGET_ERROR", err.code)
+      assert.matches("refused the login", err.description)
+      assert.is_nil(err.description:find(secret, 1, true))
+      assert.is_nil(tostring(err):find(secret, 1, true))
+      assert.equal("0", srv:cli("-n 2 DBSIZE"):match("%d"))
+    end
+
+    it("a password (requirepass)", function()
+      local srv = redis_server.start { password = "s3cret-pw" }
+      local ok, err = pcall(function()
+        works_with(srv, srv:url(2))
+        refused(srv, "redis://:wrong-pw-123@127.0.0.1:" .. srv.port .. "/2", "wrong-pw-123")
+      end)
+      srv:remove()
+      assert(ok, err)
+    end)
+
+    it("an ACL user", function()
+      local srv = redis_server.start { user = "b24", password = "acl-pw" }
+      local ok, err = pcall(function()
+        works_with(srv, srv:url(2))
+        refused(srv, "redis://b24:nope-pw-456@127.0.0.1:" .. srv.port .. "/2", "nope-pw-456")
+      end)
+      srv:remove()
+      assert(ok, err)
+    end)
+  end)
+
+  describe("configuration", function()
+    it("raises on a bad config without repeating its password", function()
+      local ok, err = pcall(bitrix24.redis_budget, "redis://:pw-xyz@host:port:bad")
+      assert.is_false(ok)
+      assert.matches("config.url", tostring(err))
+      assert.is_nil(tostring(err):find("pw-xyz", 1, true))
+      assert.has_error(function() bitrix24.redis_budget { host = 1 } end)
+      assert.has_error(function() bitrix24.redis_budget { read_timeout = 0 } end)
+      assert.has_error(function() bitrix24.redis_budget { colour = "red" } end)
+    end)
+
+    it("loads without a Redis library, and names the Debian package when one is needed", function()
+      local script = support.write_script(dir .. "/nolib.lua", [[
+        package.path = package.path:gsub("[^;]*/usr/share/lua/[^;]*;?", "")
+        package.preload.redis = function() error("not installed") end
+        local bitrix24 = require "bitrix24"
+        print(bitrix24.webhook ~= nil)
+        print(select(2, pcall(bitrix24.redis_budget, "redis://127.0.0.1:1/0")))
+      ]])
+      local out = support.run(support.LUA .. " " .. script)
+      assert.matches("^true\n", out)
+      assert.matches("lua-redis", out, 1, true)
+    end)
+  end)
+end)
+
+describe("many machines through Redis at the real 2 requests/s #redis #slow", function()
+  local portal, server, dir
+
+  setup(function()
+    portal = support.start_portal { tls = false, rate = REAL_RATE, burst = BURST }
+    server = redis_server.start()
+    dir = support.tmpdir()
+  end)
+
+  teardown(function()
+    if portal then portal:stop() end
+    if server then server:remove() end
+    support.remove_dir(dir)
+  end)
+
+  it("three processes on one Redis budget: no 503, within 10% of the bucket's floor", function()
+    local script = support.write_script(dir .. "/job.lua", redis_server.PRELUDE .. ([[
+      local bitrix24 = require "bitrix24"
+      local client = bitrix24.webhook(%q, { rate = %d, burst = %d, tries = 1,
+        budget = bitrix24.redis_budget(%q) })
+      local ids = {}
+      for i = tonumber(arg[1]), tonumber(arg[2]) do ids[#ids + 1] = i end
+      local rows, err = client:lead_contacts(ids)
+      print(rows and "OK" or ("FAIL " .. tostring(err)))
+    ]]):format(portal.webhook_url, REAL_RATE, BURST, server:url()))
+    local lua = support.LUA .. " " .. script
+    local out = run_all(dir, { lua .. " 1 700", lua .. " 701 1350", "faketime -f '+5m' " .. lua .. " 1351 2000" })
+    assert.same({ "OK\n", "OK\n", "OK\n" }, out)
+    assert.same({ ["200"] = 40 }, statuses(portal))
+    local took, least = span(portal), floor(40, REAL_RATE)
+    assert.is_true(took >= least - 1 / REAL_RATE and took <= 1.1 * least, "took " .. took .. " s")
+  end)
+end)
