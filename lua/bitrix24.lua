@@ -152,6 +152,7 @@ M.shared_dict_budget = limiter.shared_dict_budget
 -- Shared between machines through Redis (README, "Many machines"): loaded
 -- on first use, so the client needs no Redis library until then.
 function M.redis_budget(config) return require("bitrix24.redis_budget").new(config) end
+function M.redis_store(config, key) return require("bitrix24.redis_store").new(config, key) end
 
 --- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
 --- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET

@@ -187,6 +187,76 @@ describe("many machines through Redis #redis", function()
     end)
   end)
 
+  describe("the OAuth tokens", function()
+    before_each(function() portal:reset { tokens = true } end)
+
+    it("one token request when three processes see the expiry at once; all calls succeed", function()
+      local cfg = support.oauth_config(portal)
+      -- Seeds the store with the current tokens.
+      local seeded = bitrix24.oauth(support.oauth_config(portal, { store = bitrix24.redis_store(server:url(), "app") }),
+        support.opts())
+      seeded:close()
+      portal:expire_tokens()
+      local script = support.write_script(dir .. "/refresh.lua", redis_server.PRELUDE .. ([[
+        local bitrix24 = require "bitrix24"
+        local client = bitrix24.oauth({ endpoint = %q, token_url = %q, access_token = %q, refresh_token = %q,
+          client_id = %q, client_secret = %q, store = bitrix24.redis_store(%q, "app") },
+          { rate = 1000, burst = 100000, tries = 1 })
+        local rows, err = client:call(%q, { id = 1 })
+        print(rows and "OK" or ("FAIL " .. tostring(err)))
+      ]]):format(cfg.endpoint, cfg.token_url, cfg.access_token, cfg.refresh_token, cfg.client_id, cfg.client_secret,
+        server:url(), ITEMS_GET))
+      local lua = support.LUA .. " " .. script
+      local out = run_all(dir, { lua, lua, "faketime -f '+5m' " .. lua })
+      assert.same({ "OK\n", "OK\n", "OK\n" }, out)
+      assert.equal(1, token_requests(portal))
+      -- The store has the rotated pair.
+      local stored = require("cjson").decode(server:cli("GET bitrix24:tokens:app"))
+      assert.equal(portal:info().refresh_token, stored.refresh_token)
+      assert.is_nil(server:cli("EXISTS bitrix24:tokens:app:lock"):match("1"))
+    end)
+
+    it("refreshes when Redis is down: on_refresh gets the tokens, the call says STORE_ERROR", function()
+      local seen = {}
+      local client = bitrix24.oauth(support.oauth_config(portal, {
+        store = bitrix24.redis_store({ url = server:url(), retry_after = 0.3, connect_timeout = 0.5 }, "down"),
+        on_refresh = function(t) seen[#seen + 1] = t end,
+      }), support.opts())
+      server:stop()
+      portal:expire_tokens()
+      local rows, err = client:call(ITEMS_GET, { id = 1 })
+      assert.is_nil(rows)
+      assert.equal("STORE_ERROR", err.code)
+      assert.matches("Redis", err.description)
+      assert.equal(1, #seen)
+      assert.equal(portal:info().refresh_token, seen[1].refresh_token)
+      -- The client kept them: the next call works without another refresh.
+      assert(client:call(ITEMS_GET, { id = 1 }))
+      assert.equal(1, token_requests(portal))
+      server:start()
+      socket.sleep(0.35)   -- (this process rests the address for retry_after)
+      client:close()
+    end)
+
+    it("a save never overwrites newer tokens stored while this machine's lock had expired", function()
+      local store = bitrix24.redis_store(server:url(), "cas")
+      local unlock = assert(store.lock())
+      assert.is_nil(store.load())
+      -- Another machine, its lock taken after ours expired, saves first.
+      server:cli("SET bitrix24:tokens:cas '{\"access_token\":\"newer\"}'")
+      local ok, err = store.save(nil, { access_token = "older" })
+      unlock()
+      assert.is_nil(ok)
+      assert.matches("newer tokens", err)
+      assert.equal("newer", store.load().access_token)
+      -- Its lock is released only by its owner.
+      local unlock2 = assert(store.lock())
+      server:cli("SET bitrix24:tokens:cas:lock someone-else")
+      unlock2()
+      assert.equal("someone-else", server:cli("GET bitrix24:tokens:cas:lock"):gsub("%s+$", ""))
+    end)
+  end)
+
   describe("with authentication", function()
     local function works_with(srv, url)
       local budget = bitrix24.redis_budget { url = url, budget_fallback = false }
@@ -194,6 +264,11 @@ describe("many machines through Redis #redis", function()
       assert(client:call(ITEMS_GET, { id = 1 }))
       client:close()
       assert.equal("1", srv:cli("-n 2 EXISTS bitrix24:budget:" .. portal.url):match("%d"))
+      local store = bitrix24.redis_store(url, "auth")
+      local unlock = assert(store.lock())
+      assert(store.save(nil, { access_token = "x" }))
+      unlock()
+      assert.equal("x", store.load().access_token)
     end
 
     local function refused(srv, url, secret)
@@ -238,8 +313,8 @@ describe("many machines through Redis #redis", function()
       assert.matches("config.url", tostring(err))
       assert.is_nil(tostring(err):find("pw-xyz", 1, true))
       assert.has_error(function() bitrix24.redis_budget { host = 1 } end)
-      assert.has_error(function() bitrix24.redis_budget { read_timeout = 0 } end)
-      assert.has_error(function() bitrix24.redis_budget { colour = "red" } end)
+      assert.has_error(function() bitrix24.redis_store { read_timeout = 0 } end)
+      assert.has_error(function() bitrix24.redis_store { colour = "red" } end)
     end)
 
     it("loads without a Redis library, and names the Debian package when one is needed", function()
