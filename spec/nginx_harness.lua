@@ -110,8 +110,14 @@ function Server:stop()
 end
 
 -- locations: { ["/path"] = "spec/nginx/file.lua", ... } (prefix locations;
--- files relative to the repository's root).
-function M.start(locations)
+-- files relative to the repository's root). opts (optional):
+--   config(ctx)  the whole nginx.conf instead of the harness's own; ctx has
+--                prefix, port, root, main (the lines every config needs in
+--                the main context), http (those of the http block) and
+--                locations (the location lines)
+--   env          environment variables for nginx (see `env` directives)
+function M.start(locations, opts)
+  opts = opts or {}
   local root = capture("cd " .. quote(support.ROOT) .. " && pwd")
   -- Always through make: a core older than src/ would not match lua/.
   local out, err, status = support.run("make -s -C " .. quote(root) .. " LUA_VERSION=luajit build")
@@ -123,34 +129,45 @@ function M.start(locations)
   for path, file in pairs(locations) do
     locs[#locs + 1] = "    location " .. path .. ' { content_by_lua_file "' .. root .. "/" .. file .. '"; }'
   end
-  write_file(prefix .. "/nginx.conf", table.concat({
-    "daemon off;",
-    "master_process on;",
+  local ctx = {
+    prefix = prefix, port = port, root = root, locations = table.concat(locs, "\n"),
+    main = table.concat({
+      "daemon off;",
+      "master_process on;",
+      'pid "' .. prefix .. '/nginx.pid";',
+      'error_log "' .. prefix .. '/error.log" warn;',
+      support.run("id -u") == "0\n" and "user root;" or "",
+      module_lines(),
+    }, "\n"),
+    http = table.concat({
+      '  client_body_temp_path "' .. prefix .. '/tmp/body";',
+      '  proxy_temp_path "' .. prefix .. '/tmp/proxy";',
+      '  fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
+      '  uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
+      '  scgi_temp_path "' .. prefix .. '/tmp/scgi";',
+      "  access_log off;",
+      "  lua_socket_log_errors off;",
+    }, "\n"),
+  }
+  write_file(prefix .. "/nginx.conf", opts.config and opts.config(ctx) or table.concat({
+    ctx.main,
     "worker_processes 1;",
-    'pid "' .. prefix .. '/nginx.pid";',
-    'error_log "' .. prefix .. '/error.log" warn;',
-    support.run("id -u") == "0\n" and "user root;" or "",
-    module_lines(),
     "events { worker_connections 256; }",
     "http {",
-    '  client_body_temp_path "' .. prefix .. '/tmp/body";',
-    '  proxy_temp_path "' .. prefix .. '/tmp/proxy";',
-    '  fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
-    '  uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
-    '  scgi_temp_path "' .. prefix .. '/tmp/scgi";',
-    "  access_log off;",
-    "  lua_socket_log_errors off;",
+    ctx.http,
     '  lua_package_path "' .. root .. "/lua/?.lua;" .. root .. '/lua/?/init.lua;;";',
     '  lua_package_cpath "' .. root .. '/build/luajit/?.so;;";',
     "  lua_shared_dict bitrix24 1m;",
     "  server {",
     "    listen 127.0.0.1:" .. port .. ";",
-    table.concat(locs, "\n"),
+    ctx.locations,
     "  }",
     "}",
   }, "\n"))
   write_file(prefix .. "/error.log", "")
-  local launcher = tonumber(capture("timeout -s TERM -k 3 " .. LIFETIME .. " nginx -p " .. quote(prefix .. "/")
+  local env = ""
+  for k, v in pairs(opts.env or {}) do env = env .. k .. "=" .. quote(v) .. " " end
+  local launcher = tonumber(capture(env .. "timeout -s TERM -k 3 " .. LIFETIME .. " nginx -p " .. quote(prefix .. "/")
     .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
     .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
   local self = setmetatable({ prefix = prefix, launcher = launcher, base = "http://127.0.0.1:" .. port }, Server)

@@ -54,8 +54,9 @@ function Server:start()
     local c = socket.connect("127.0.0.1", self.port)
     if c then c:close(); return self end
     local alive = os.execute("kill -0 " .. self.pid .. " 2>/dev/null")
-    assert(socket.gettime() < deadline and (alive == true or alive == 0),
-      "redis-server did not start:\n" .. support.read_file(self.dir .. "/log"))
+    if socket.gettime() > deadline or not (alive == true or alive == 0) then
+      error("redis-server did not start:\n" .. (support.run("cat " .. quote(self.dir .. "/log"))))
+    end
     socket.sleep(0.02)
   end
 end

@@ -61,6 +61,10 @@ return { string.format('%.17g', wait), taken and '1' or '0', op or '' }
 local Budget = {}
 Budget.__index = Budget
 
+-- The addresses whose loss has been reported, per process or nginx worker
+-- (so a budget made per request reports an outage once too).
+local lost = {}
+
 -- Without Redis: nginx's shared dict if configured, else this process.
 local function local_budget()
   local dict = runtime.shared_dict("bitrix24")
@@ -84,7 +88,7 @@ function M.new(config)
   local cfg = redis.config(config, "redis_budget")
   return setmetatable({
     cfg = cfg, conn = redis.new(cfg), fallback = cfg.budget_fallback ~= false,
-    report = cfg.report or default_report, pending = {}, local_budget = nil, lost = false,
+    report = cfg.report or default_report, pending = {}, local_budget = nil,
   }, Budget)
 end
 
@@ -131,15 +135,15 @@ end
 function Budget:reserve(key, p)
   local r, err = self:reserve_shared(key, p)
   if r then
-    if self.lost then
-      self.lost = false
+    if lost[self.cfg.where] then
+      lost[self.cfg.where] = nil
       self.report("bitrix24: the Redis budget at " .. self.cfg.where .. " is back; the budget is shared again")
     end
     return r
   end
   if not self.fallback then return nil, err end
-  if not self.lost then
-    self.lost = true
+  if not lost[self.cfg.where] then
+    lost[self.cfg.where] = true
     self.report("bitrix24: " .. err .. "; pacing with this machine's own budget until it is back")
   end
   self.local_budget = self.local_budget or local_budget()
