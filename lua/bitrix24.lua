@@ -378,7 +378,8 @@ Namespace.__index = function(ns, key)
   return namespace(rawget(ns, "_client"), rawget(ns, "_name") .. "." .. key)
 end
 
-local CLIENT_METHODS = { "batch", "call", "calls", "close", "each", "lead_contacts" }
+local CLIENT_METHODS = { "batch", "bind", "call", "calls", "close", "each", "event_bindings", "lead_contacts",
+  "unbind" }
 
 -- Edit distance of two short words (insertions, deletions, substitutions).
 local function distance(a, b)
@@ -448,8 +449,47 @@ function Client:close()
   end
 end
 
-
 Client.__close = Client.close
+
+-- Event bindings (bitrix24.events.binding): OAuth clients only; a webhook
+-- client raises before anything is sent.
+local binding = require "bitrix24.events.binding"
+
+-- The body of an event method call checked by check(), or nil and why.
+local function event_body(self, name, method, check)
+  local params, why = check_client(self, name)
+  if params then params, why = check() end
+  if not params then return nil, why end
+  return prepare(self, name, method, params)
+end
+
+--- client:bind(event, handler_url, opts) -> true | nil, err
+--- opts: event_type ("online"|"offline": then handler_url is nil), auth_type, auth_connector, options.
+function Client:bind(event, handler, opts)
+  local body, why = event_body(self, "bind", "event.bind",
+    function() return binding.params(self, "bind", event, handler, opts) end)
+  if not body then errors.raise(2, why) end
+  return send(self, "event.bind", body)
+end
+
+--- client:unbind(event, handler_url, opts) -> { count = n } | nil, err
+function Client:unbind(event, handler, opts)
+  local body, why = event_body(self, "unbind", "event.unbind",
+    function() return binding.params(self, "unbind", event, handler, opts) end)
+  if not body then errors.raise(2, why) end
+  return send(self, "event.unbind", body)
+end
+
+--- client:event_bindings() -> { { event, handler, auth_type, offline }, ... } | nil, err
+function Client:event_bindings()
+  local body, why = event_body(self, "event_bindings", "event.get", function()
+    local ok, bad = binding.check_app(self, "event_bindings")
+    if not ok then return nil, bad end
+    return {}
+  end)
+  if not body then errors.raise(2, why) end
+  return send(self, "event.get", body)
+end
 
 function Client:__tostring()
   return "bitrix24 client (" .. self._auth.kind .. " " .. self._auth.shown .. ")"

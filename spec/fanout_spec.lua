@@ -111,6 +111,16 @@ describe("fan-out", function()
       c:close()
     end)
 
+    it("each takes opts.parallel and pages as before", function()
+      local c = client()
+      local plain, with = {}, {}
+      for lead in c:each("crm.lead.list", { select = { "ID" } }) do plain[#plain + 1] = lead.ID end
+      for lead in c:each("crm.lead.list", { select = { "ID" } }, { parallel = 4 }) do with[#with + 1] = lead.ID end
+      c:close()
+      assert.is_true(#plain > 0)
+      assert.same(plain, with)
+    end)
+
     it("refuses a parallel that is not a whole number from 1 to 256", function()
       local c = client()
       for _, bad in ipairs { 0, 1.5, 257, "4" } do

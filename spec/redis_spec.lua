@@ -334,9 +334,9 @@ describe("many machines through Redis #redis", function()
 end)
 
 -- README's nginx.conf for many machines, as nginx_harness runs it: only the
--- install paths, the workers and the port replaced, the harness's own
--- lines (pid, logs, modules, temp folders) added.
-local function readme_config(ctx)
+-- install paths, the workers, the port and the bucket replaced, the
+-- harness's own lines (pid, logs, modules, temporary files) added.
+local function readme_config(harness, root, port, prefix)
   local readme = support.read_file(support.ROOT .. "/README.md")
   local at = assert(readme:find(MARKER, 1, true), "README.md has no line " .. MARKER)
   local block = assert(readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER), "no ```nginx block after " .. MARKER)
@@ -345,13 +345,16 @@ local function readme_config(ctx)
     assert(a, "README's nginx.conf for many machines lost " .. old)
     block = block:sub(1, a - 1) .. new .. block:sub(b + 1)
   end
-  replace("/usr/local/share/lua/5.1/", ctx.root .. "/lua/")
-  replace("/usr/local/lib/lua/5.1/", ctx.root .. "/build/luajit/")
+  replace("/usr/local/share/lua/5.1/", root .. "/lua/")
+  replace("/usr/local/lib/lua/5.1/", root .. "/build/luajit/")
   replace("worker_processes auto;", "worker_processes 2;")
-  replace("listen 8080;", "listen 127.0.0.1:" .. ctx.port .. ";")
+  replace("listen 8080;", "listen 127.0.0.1:" .. port .. ";")
   replace("rate = 2, burst = 50", ("rate = %d, burst = %d"):format(FAST_RATE, BURST))
-  replace("http {", "http {\n" .. ctx.http)
-  return ctx.main .. "\n" .. block
+  replace("http {", "http {\n    " .. table.concat(harness.http_lines(prefix), "\n    "))
+  -- The harness's main lines without its worker count and events block:
+  -- the README has its own.
+  local main = harness.main_lines(prefix, 256):gsub("worker_processes [^\n]*\n", ""):gsub("events {[^\n]*", "")
+  return main .. "\n" .. block
 end
 
 describe("many machines through Redis: nginx #redis #nginx", function()
@@ -366,8 +369,9 @@ describe("many machines through Redis: nginx #redis #nginx", function()
     portal = support.start_portal { tls = false, rate = FAST_RATE, burst = BURST }
     server = redis_server.start()
     dir = support.tmpdir()
-    nginx = harness.start({}, { config = readme_config,
-      env = { BITRIX24_WEBHOOK_URL = portal.webhook_url, BITRIX24_REDIS_URL = server:url() } })
+    local root, port = harness.root(), harness.free_port()
+    nginx = harness.launch(port, function(prefix) return readme_config(harness, root, port, prefix) end,
+      { BITRIX24_WEBHOOK_URL = portal.webhook_url, BITRIX24_REDIS_URL = server:url() })
   end)
 
   before_each(function() portal:reset() end)
