@@ -78,7 +78,20 @@ describe("many machines through Redis #redis", function()
   before_each(function()
     portal:reset()
     server:cli("FLUSHALL")
+    server:cli("CONFIG RESETSTAT")
   end)
+
+  -- The commands clients sent Redis since the test began, by name: the
+  -- spec's own CONFIG and INFO, and what the budget's script runs inside
+  -- Redis, left out.
+  local INSIDE = { info = true, time = true, hmget = true, hset = true, hget = true, pexpire = true }
+  local function commands()
+    local out = {}
+    for name, n in server:cli("INFO commandstats"):gmatch("cmdstat_([^:]+):calls=(%d+)") do
+      if not name:match("^config") and not INSIDE[name] then out[name] = tonumber(n) end
+    end
+    return out
+  end
 
   -- A job fetching the contacts of leads arg[1] .. arg[2], paced by `budget`
   -- (Lua source), printing OK or the error.
@@ -109,6 +122,9 @@ describe("many machines through Redis #redis", function()
       local out = three(script, "faketime -f '+5m' ")
       assert.same({ "OK\n", "OK\n", "OK\n" }, out)
       assert.same({ ["200"] = 40 }, statuses(portal))
+      -- One round trip per request: the reservation (and the script's
+      -- SHA1 once per process).
+      assert.same({ evalsha = 40, ["script|load"] = 3 }, commands())
       local took, least = span(portal), floor(40, FAST_RATE)
       -- Paced (not faster than the bucket), and not slowed by Redis: within
       -- 10% of the floor, plus one request's worth for process start-up.
