@@ -225,15 +225,16 @@ end
 -- Waits for the rate limit, follows same-host redirects with the same
 -- POST, refreshes an expired OAuth token once, and retries what is safe
 -- to retry (safe: the request changes nothing, or the caller allows
--- repeats) within the deadline. Returns the envelope, or nil and an
--- error object.
-local function perform(self, method, body, safe)
+-- repeats) within the deadline. subcalls: for a batch, its command keys ->
+-- their methods, whose operating time it spends. Returns the envelope, or
+-- nil and an error object.
+local function perform(self, method, body, safe, subcalls)
   local a, http, opts, lim, env = self._auth, self._http, self._opts, self._limiter, self._env
   local url, redirects, refreshed, tries = a.base .. method, 0, false, 0
   local deadline = env.now() + lim.deadline
   local key = methods.check_name(method, 1)   -- checked already: the lower-case name
   while true do
-    local ok, c, d = lim:acquire(key, deadline)
+    local ok, c, d = lim:acquire(key, deadline, subcalls)
     if not ok then return nil, final_error(a, method, c, d, nil, nil, math.max(tries, 1)) end
     tries = tries + 1
     local token = a.access_token
@@ -258,7 +259,7 @@ local function perform(self, method, body, safe)
       }
     end
     if result then
-      lim:observe(key, result)
+      lim:observe(key, result, subcalls)
       return result
     end
     local retry
@@ -325,7 +326,8 @@ end
 function Client:batch(commands, opts)
   check_client(self, "batch", 2)
   local plan = batch.plan(commands, opts, 2)
-  return batch.run(plan, function(body) return perform(self, "batch", body, plan.reads_only) end,
+  return batch.run(plan,
+    function(body, subcalls) return perform(self, "batch", body, plan.reads_only, subcalls) end,
     function(code, description, method) return fail(self._auth, method, code, description) end)
 end
 
@@ -334,12 +336,31 @@ function Client:lead_contacts(ids, opts)
   check_client(self, "lead_contacts", 2)
   local plan, keys = batch.plan_lead_contacts(ids, opts, 2)
   if not plan then return {}, {} end
-  local results, err = batch.run(plan, function(body) return perform(self, "batch", body, true) end,
+  local results, err = batch.run(plan,
+    function(body, subcalls) return perform(self, "batch", body, true, subcalls) end,
     function(code, description, method) return fail(self._auth, method, code, description) end)
   return batch.by_lead(keys, results, err)
 end
 
+-- Sends the requests of client:each and returns their answers in the same
+-- order, each { envelope } or { nil, err }. One at a time for now: with
+-- many requests in flight only this function changes.
+local function send_pages(self, requests)
+  local answers = {}
+  for i, r in ipairs(requests) do
+    local env, err
+    if r.batch then
+      env, err = perform(self, "batch", batch.body(r.batch.keys, r.batch.cmd, true), true, r.batch.methods)
+    else
+      env, err = perform(self, r.method, json_body(self, r.method, r.params, 1), true)
+    end
+    answers[i] = { env, err }
+  end
+  return answers
+end
+
 --- for item, err in client:each(method, params, opts) do ... end
+--- opts: fast, page_batch, parallel, id_key, progress (README "Exports").
 function Client:each(method, params, opts)
   check_client(self, "each", 2)
   methods.check_name(method, 2)
@@ -347,9 +368,8 @@ function Client:each(method, params, opts)
   params = methods.validate(method, params, 2)
   json_body(self, method, params, 2)
   local pager = paging.new(method, params, opts, 2)
-  return pager:iterator(function(page_params)
-    return perform(self, method, json_body(self, method, page_params, 1), true)
-  end)
+  return pager:iterator(function(requests) return send_pages(self, requests) end,
+    function(code, description, m) return fail(self._auth, m, code, description) end)
 end
 
 -- The typed form: client.crm.lead.contact.items.get{ id = 1 } calls

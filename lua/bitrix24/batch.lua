@@ -123,14 +123,18 @@ function M.plan(commands, opts, level)
   }
 end
 
--- One request's body; the commands keep their order, which a Lua table
--- would not, so it is written by hand.
-local function body_of(plan, chunk)
+-- One request's body: the commands under `keys`, in that order, which a
+-- Lua table would not keep, so it is written by hand. cmd: key -> command.
+function M.body(keys, cmd, halt)
   local parts = {}
-  for i, key in ipairs(chunk) do
-    parts[i] = json.encode(key) .. ":" .. json.encode(plan.cmd[key])
+  for i, key in ipairs(keys) do
+    parts[i] = json.encode(key) .. ":" .. json.encode(cmd[key])
   end
-  return '{"halt":' .. (plan.halt and 1 or 0) .. ',"cmd":{' .. table.concat(parts, ",") .. "}}"
+  return '{"halt":' .. (halt and 1 or 0) .. ',"cmd":{' .. table.concat(parts, ",") .. "}}"
+end
+
+local function body_of(plan, chunk)
+  return M.body(chunk, plan.cmd, plan.halt)
 end
 
 -- The answer's maps arrive as {} or [] when empty and as arrays when the
@@ -142,12 +146,16 @@ local function as_map(t)
   for i, v in ipairs(t) do m[tostring(i - 1)] = v end
   return m
 end
+M.as_map = as_map
 
--- send(body) -> envelope | nil, err; make_error(code, description, method).
+-- send(body, methods) -> envelope | nil, err, where methods maps the request's
+-- command keys to their methods; make_error(code, description, method).
 function M.run(plan, send, make_error)
   local results, done = {}, 0
   for _, chunk in ipairs(plan.chunks) do
-    local env, err = send(body_of(plan, chunk))
+    local methods_of = {}
+    for _, key in ipairs(chunk) do methods_of[key] = plan.methods[key] end
+    local env, err = send(body_of(plan, chunk), methods_of)
     if env and type(env.result) ~= "table" then
       env, err = nil, make_error("BAD_RESPONSE", "the batch answer has no result map", "batch")
     end

@@ -231,16 +231,15 @@ local function utc(t)
   return os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(t))
 end
 
--- Waits until the bucket and the method's operating time allow one more
--- request. Returns true, or nil, code, description when it would have to
--- wait past max_wait or the deadline (the client's own codes: the request
--- was not sent) or the budget failed.
-function Limiter:acquire(method, deadline)
+-- Waits until the method's operating time allows one more request: when
+-- the time it has used plus what its last request added would come close
+-- to the limit, until the oldest minute expires. Returns true, or nil,
+-- code, description when that is past max_wait or the deadline.
+function Limiter:operating_wait(method, deadline)
   local now = self.now()
   local op = self.operating[method]
-  if op and op.used >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
-    -- Close to the method's time budget: let the oldest minute expire
-    -- first (operating_reset_at is in whole seconds, hence the 1).
+  if op and op.used + op.step >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
+    -- (operating_reset_at is in whole seconds, hence the 1)
     local wait = op.reset_at + 1 - now
     if wait > self.max_wait or now + wait > deadline then
       return nil, "OPERATING_TIME_WAIT", string.format(
@@ -248,11 +247,27 @@ function Limiter:acquire(method, deadline)
         .. "the deadline; not sent", method, op.used, self.operating_limit, utc(op.reset_at), wait)
     end
     self.sleep(wait)
-    op.used = 0
-    now = self.now()
+    -- What is left is unknown until the next answer says; that answer's
+    -- total is no step.
+    op.used, op.waited = 0, true
+  end
+  return true
+end
+
+-- Waits until the bucket and the operating time of the method (and of the
+-- methods a batch runs: subcalls maps its keys to them, each charged to
+-- its own budget) allow one more request. Returns true, or nil, code,
+-- description when it would have to wait past max_wait or the deadline
+-- (the client's own codes: the request was not sent) or the budget failed.
+function Limiter:acquire(method, deadline, subcalls)
+  local ok, code, description = self:operating_wait(method, deadline)
+  if not ok then return nil, code, description end
+  for _, m in pairs(subcalls or {}) do
+    ok, code, description = self:operating_wait(m:lower(), deadline)
+    if not ok then return nil, code, description end
   end
   if not self.enabled then return true end
-  local r, err = self:reserve(now, deadline)
+  local r, err = self:reserve(self.now(), deadline)
   if not r then return nil, "BUDGET_ERROR", "the rate-limit budget failed: " .. tostring(err) end
   if not r.taken then
     return nil, "RATE_LIMIT_WAIT", string.format(
@@ -262,16 +277,47 @@ function Limiter:acquire(method, deadline)
   return true
 end
 
--- Learns the method's operating time from a successful answer.
-function Limiter:observe(method, env)
-  local t = type(env) == "table" and env.time
+-- Records a method's operating time from one time block. `step` is what
+-- the method's last request added (a batch of 50 list calls adds 50
+-- calls' worth), so pacing can stop before the next request would pass
+-- the limit rather than after.
+local function learn(self, method, t)
   if type(t) ~= "table" or type(t.operating) ~= "number" then return end
   local op = self.operating[method]
   if not op then
-    op = {}
+    op = { used = t.operating, step = 0 }
     self.operating[method] = op
+  elseif not op.waited then
+    local step = t.operating - op.used
+    if step > 0 then op.step = step end
   end
+  op.waited = nil
   op.used, op.reset_at = t.operating, tonumber(t.operating_reset_at)
+end
+
+-- Learns the operating time from a successful answer: the method's own,
+-- or for a batch (subcalls: key -> method) each sub-call's from
+-- result_time, where the last of a method's sub-calls holds its total.
+-- The batch itself is not charged (FACTS §5): its outer time block only
+-- repeats a sub-call's.
+function Limiter:observe(method, env, subcalls)
+  if not subcalls then return learn(self, method, type(env) == "table" and env.time) end
+  local result = type(env) == "table" and type(env.result) == "table" and env.result
+  local times = result and type(result.result_time) == "table" and result.result_time or {}
+  if times[1] ~= nil then -- keys 0..n-1 arrive as an array (batch.lua's as_map)
+    local m = {}
+    for i, v in ipairs(times) do m[tostring(i - 1)] = v end
+    times = m
+  end
+  local last = {}
+  for key, m in pairs(subcalls) do
+    local t = times[key]
+    m = m:lower()
+    if type(t) == "table" and type(t.operating) == "number" and (not last[m] or t.operating > last[m].operating) then
+      last[m] = t
+    end
+  end
+  for m, t in pairs(last) do learn(self, m, t) end
 end
 
 -- Reads never change the portal, so a read whose answer was lost can be
