@@ -153,6 +153,53 @@ describe("client:each export", function()
       assert.is_true(requests() <= 3, requests() .. " requests")
     end)
 
+    -- A canned batch answer: page p0 holds `first`, every later page `rest`.
+    local function canned(first, rest)
+      local pages = { '"p0":' .. first }
+      for i = 1, 49 do pages[#pages + 1] = '"p' .. i .. '":' .. rest end
+      return '{"result":{"result":{' .. table.concat(pages, ",")
+        .. '},"result_error":[],"result_total":[],"result_next":[],"result_time":[]},"time":{}}'
+    end
+
+    local function rows_json(ids, from, to, wrap)
+      local rows = {}
+      for i = from, to do rows[#rows + 1] = '{"ID":"' .. ids[i] .. '"}' end
+      local array = "[" .. table.concat(rows, ",") .. "]"
+      return wrap and '{"' .. wrap .. '":' .. array .. "}" or array
+    end
+
+    it("drops a chained page that does not continue the one before it, and goes on from the last good id", function()
+      local all = generated(1000)
+      -- Every chained page repeats the first one (as after the trap).
+      portal:fault { method = "batch", kind = "canned", times = 1,
+        body = canned(rows_json(all, 1, 50), rows_json(all, 1, 50)) }
+      local ids, errs = export { fast = true }
+      assert.same({}, errs)
+      assert.same(all, ids)
+      assert.matches("filter%[%%3EID%]=" .. all[50] .. "&", portal:requests()[2].params.cmd.p0)
+    end)
+
+    it("follows rows a list method answers inside a map ({ tasks = [...] }) with the map's key", function()
+      local all = generated(1000)
+      portal:fault { method = "batch", kind = "canned", times = 1,
+        body = canned(rows_json(all, 1, 50, "tasks"), rows_json(all, 1, 50, "tasks")) }
+      local ids, errs = export { fast = true }
+      assert.same({}, errs)
+      assert.same(all, ids)
+      assert.matches("%$result%[p0%]%[tasks%]%[49%]%[ID%]", portal:requests()[2].params.cmd.p1)
+    end)
+
+    it("ends with BAD_RESPONSE when the first page of a request breaks the id order", function()
+      portal:fault { method = "batch", kind = "canned", times = 1,
+        body = canned('[{"ID":"5"},{"ID":"3"}]', "[]") }
+      local ids, errs = export { fast = true }
+      assert.same({}, ids)
+      assert.equal(1, #errs)
+      assert.equal("BAD_RESPONSE", errs[1].code)
+      assert.matches("increasing ID", errs[1].description)
+      assert.equal(1, requests())
+    end)
+
     it("keeps the caller's filter and select", function()
       portal:reset { leads = 3000 }
       local all = generated(3000)

@@ -124,6 +124,7 @@ end
 -- references once seen.
 function Pager:rows_of(result)
   if type(result) ~= "table" then return {} end
+  if result[1] ~= nil then self.wrap = nil end
   if result[1] ~= nil or next(result) == nil then return result end
   local key, value = next(result)
   if next(result, key) == nil and type(value) == "table" then
