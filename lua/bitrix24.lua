@@ -15,6 +15,10 @@ local paging = require "bitrix24.paging"
 local auth = require "bitrix24.auth"
 local limiter = require "bitrix24.limiter"
 
+-- Programmer errors: the checks below return nil and why; each public
+-- function raises why once, blaming its caller (errors.raise(2, why)).
+local fail = errors.message
+
 local M = {
   _NAME = "bitrix24",
   _VERSION = "0.1.0",
@@ -32,34 +36,35 @@ local OPTIONS = {
   operating_limit = "number", transport = "any",
 }
 
-local function check_opts(opts, level)
+-- Returns the options (a table), or nil and why.
+local function check_opts(opts)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    errors.raise(level, "opts must be a table, got %s", type(opts))
+    return nil, fail("opts must be a table, got %s", type(opts))
   end
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
     if not want then
-      errors.raise(level, "unknown option opts.%s", tostring(k))
+      return nil, fail("unknown option opts.%s", tostring(k))
     elseif want ~= "any" and type(v) ~= want then
-      errors.raise(level, "opts.%s must be a %s, got %s", k, want, type(v))
+      return nil, fail("opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
-      errors.raise(level, "opts.%s must be positive", k)
+      return nil, fail("opts.%s must be positive", k)
     end
   end
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
-    errors.raise(level, 'opts.plan must be "standard" or "enterprise", got %q', opts.plan)
+    return nil, fail('opts.plan must be "standard" or "enterprise", got %q', opts.plan)
   end
   if opts.budget ~= nil and type(opts.budget.update) ~= "function" then
-    errors.raise(level, "opts.budget must have an update function (see bitrix24.file_budget)")
+    return nil, fail("opts.budget must have an update function (see bitrix24.file_budget)")
   end
   local t = opts.transport
   if t ~= nil and t ~= "curl" and t ~= "nginx" and not (type(t) == "table" and type(t.call) == "function"
       and type(t.request) == "function" and type(t.close) == "function") then
-    errors.raise(level, 'opts.transport must be "curl", "nginx" or an object with call, request and close')
+    return nil, fail('opts.transport must be "curl", "nginx" or an object with call, request and close')
   end
   if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
-    errors.raise(level, "opts.tries must be a whole number")
+    return nil, fail("opts.tries must be a whole number")
   end
   return opts
 end
@@ -110,26 +115,48 @@ local function new_client(credentials, opts)
   }, Client)
 end
 
---- Incoming webhook: https://portal/rest/<user_id>/<code>/
-function M.webhook(url, opts)
-  opts = check_opts(opts, 2)
-  return new_client(auth.webhook(url, opts, 2), opts)
+-- A webhook client, or nil and why.
+local function webhook(url, opts)
+  local credentials, why
+  opts, why = check_opts(opts)
+  if opts then credentials, why = auth.webhook(url, opts) end
+  if not credentials then return nil, why end
+  return new_client(credentials, opts)
 end
 
---- OAuth application: tokens go in the request body, never in the URL.
---- TLS options may be given in the config as well as in opts.
-function M.oauth(cfg, opts)
+-- An OAuth client, or nil and why.
+local function oauth(cfg, opts)
   if type(cfg) ~= "table" then
-    errors.raise(1, "oauth config must be a table, got %s", type(cfg))
+    return nil, fail("oauth config must be a table, got %s", type(cfg))
   end
-  opts = check_opts(opts, 2)
+  local why
+  opts, why = check_opts(opts)
+  if not opts then return nil, why end
   local merged = {}
   for k, v in pairs(opts) do merged[k] = v end
   for _, k in ipairs { "ca_file", "ca_path", "tls_verify" } do
     if cfg[k] ~= nil and merged[k] == nil then merged[k] = cfg[k] end
   end
-  merged = check_opts(merged, 2)
-  return new_client(auth.oauth(cfg, merged, 2), merged)
+  local credentials
+  merged, why = check_opts(merged)
+  if merged then credentials, why = auth.oauth(cfg, merged) end
+  if not credentials then return nil, why end
+  return new_client(credentials, merged)
+end
+
+--- Incoming webhook: https://portal/rest/<user_id>/<code>/
+function M.webhook(url, opts)
+  local client, why = webhook(url, opts)
+  if not client then errors.raise(2, why) end
+  return client
+end
+
+--- OAuth application: tokens go in the request body, never in the URL.
+--- TLS options may be given in the config as well as in opts.
+function M.oauth(cfg, opts)
+  local client, why = oauth(cfg, opts)
+  if not client then errors.raise(2, why) end
+  return client
 end
 
 M.file_store = auth.file_store
@@ -142,26 +169,31 @@ M.shared_dict_budget = limiter.shared_dict_budget
 --- and _TOKEN_URL. Returns nil, err when neither is set.
 function M.from_env(opts)
   local url = os.getenv("BITRIX24_WEBHOOK_URL")
-  if url and url ~= "" then return M.webhook(url, opts) end
   local endpoint = os.getenv("BITRIX24_OAUTH_ENDPOINT")
-  if endpoint and endpoint ~= "" then
+  local client, why
+  if url and url ~= "" then
+    client, why = webhook(url, opts)
+  elseif endpoint and endpoint ~= "" then
     local function env(k)
       local v = os.getenv("BITRIX24_OAUTH_" .. k)
       if v ~= "" then return v end
     end
-    return M.oauth({
+    client, why = oauth({
       endpoint = endpoint, access_token = env("ACCESS_TOKEN"),
       refresh_token = env("REFRESH_TOKEN"), client_id = env("CLIENT_ID"),
       client_secret = env("CLIENT_SECRET"), token_url = env("TOKEN_URL"),
     }, opts)
-  end
-  return nil, errors.new {
+  else
+    return nil, errors.new {
     code = "NO_CONFIG",
     description = "set BITRIX24_WEBHOOK_URL, or BITRIX24_OAUTH_ENDPOINT and BITRIX24_OAUTH_ACCESS_TOKEN",
   }
+  end
+  if not client then errors.raise(2, why) end
+  return client
 end
 
-local function fail(a, method, code, description, status)
+local function fail_error(a, method, code, description, status)
   return errors.new {
     code = code,
     description = errors.redact(description, a.secrets),
@@ -172,13 +204,14 @@ end
 
 -- The JSON body of a call. OAuth's token is added at send time (after a
 -- refresh it changes), as the last key, so it wins over a stray "auth".
-local function json_body(self, method, params, level)
+-- Returns the body, or nil and why.
+local function json_body(self, method, params)
   local ok, body = pcall(core.encode, params)
   if not ok then
-    errors.raise(level, "%s: params cannot be sent as JSON: %s", method, tostring(body))
+    return nil, fail("%s: params cannot be sent as JSON: %s", method, tostring(body))
   end
   if body:sub(1, 1) ~= "{" and self._auth.kind == "oauth" then
-    errors.raise(level, "%s: params must have string keys with OAuth (the token goes beside them)", method)
+    return nil, fail("%s: params must have string keys with OAuth (the token goes beside them)", method)
   end
   return body
 end
@@ -214,7 +247,7 @@ local function final_error(a, method, code, description, status, extra, tries)
     description = description .. TLS_HINT
   end
   if tries > 1 then description = description .. " (after " .. tries .. " tries)" end
-  local err = fail(a, method, code, description, status)
+  local err = fail_error(a, method, code, description, status)
   err.tries = tries
   -- The raw envelope may echo what was sent (a token, the webhook code).
   if type(extra) == "table" then err.response = errors.redact_all(extra, a.secrets) end
@@ -232,7 +265,7 @@ local function perform(self, method, body, safe, subcalls)
   local a, http, opts, lim, env = self._auth, self._http, self._opts, self._limiter, self._env
   local url, redirects, refreshed, tries = a.base .. method, 0, false, 0
   local deadline = env.now() + lim.deadline
-  local key = methods.check_name(method, 1)   -- checked already: the lower-case name
+  local key = methods.check_name(method)   -- checked already: the lower-case name
   while true do
     local ok, c, d = lim:acquire(key, deadline, subcalls)
     if not ok then return nil, final_error(a, method, c, d, nil, nil, math.max(tries, 1)) end
@@ -280,7 +313,7 @@ local function perform(self, method, body, safe, subcalls)
           os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(now + wait)), wait)
         retry = false
       end
-      if not retry or now + wait > deadline then
+      if not retry or now + wait + limiter.MIN_TRY > deadline then
         return nil, final_error(a, method, code, description, status, extra, tries)
       end
       env.sleep(wait)
@@ -288,27 +321,37 @@ local function perform(self, method, body, safe, subcalls)
   end
 end
 
-local function check_params(method, params, level)
+local function check_params(method, params)
   if params == nil then return {} end
   if type(params) ~= "table" then
-    errors.raise(level, "%s: params must be a table or nil, got %s", method, type(params))
+    return nil, fail("%s: params must be a table or nil, got %s", method, type(params))
   end
   return params
 end
 
-local function check_client(self, name, level)
+local function check_client(self, name)
   if getmetatable(self) ~= Client then
-    errors.raise(level, "%s: use client:%s(...)", name, name)
+    return nil, fail("%s: use client:%s(...)", name, name)
   end
-  if not rawget(self, "_http") then errors.raise(level, "%s: the client is closed", name) end
+  if not rawget(self, "_http") then return nil, fail("%s: the client is closed", name) end
+  return true
 end
 
--- level: the frame to blame, counted from call (1: its caller).
-local function call(self, method, params, level)
-  methods.check_name(method, level + 1)
-  params = check_params(method, params, level + 1)
-  params = methods.validate(method, params, level + 1)
-  local body = json_body(self, method, params, level + 1)
+-- Checks a call of method by the client function `name`: returns its
+-- JSON body and the params to send, or nil and why.
+local function prepare(self, name, method, params)
+  local ok, why = check_client(self, name)
+  if ok then ok, why = methods.check_name(method) end
+  if ok then params, why = check_params(method, params) end
+  if ok and params then params, why = methods.validate(method, params) end
+  if not (ok and params) then return nil, why end
+  local body
+  body, why = json_body(self, method, params)
+  if not body then return nil, why end
+  return body, params
+end
+
+local function send(self, method, body)
   local env, err = perform(self, method, body, self._opts.retry_writes or limiter.is_read(method))
   if not env then return nil, err end
   return env.result, nil, env
@@ -316,29 +359,31 @@ end
 
 --- client:call(method, params) -> result, nil, envelope | nil, err
 function Client:call(method, params)
-  check_client(self, "call", 2)
-  local result, err, env = call(self, method, params, 2)
-  return result, err, env
+  local body, why = prepare(self, "call", method, params)
+  if not body then errors.raise(2, why) end
+  return send(self, method, body)
 end
 
 --- client:batch(commands, opts) -> results | nil, err
 --- commands: { key = { method, params }, ... }; opts.halt, opts.progress.
 function Client:batch(commands, opts)
-  check_client(self, "batch", 2)
-  local plan = batch.plan(commands, opts, 2)
+  local plan, why = check_client(self, "batch")
+  if plan then plan, why = batch.plan(commands, opts) end
+  if not plan then errors.raise(2, why) end
   return batch.run(plan,
     function(body, subcalls) return perform(self, "batch", body, plan.reads_only, subcalls) end,
-    function(code, description, method) return fail(self._auth, method, code, description) end)
+    function(code, description, method) return fail_error(self._auth, method, code, description) end)
 end
 
 --- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
 function Client:lead_contacts(ids, opts)
-  check_client(self, "lead_contacts", 2)
-  local plan, keys = batch.plan_lead_contacts(ids, opts, 2)
-  if not plan then return {}, {} end
+  local plan, keys = check_client(self, "lead_contacts")
+  if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
+  if plan == nil then errors.raise(2, keys) end   -- keys is why here
+  if not plan then return {}, {} end              -- no ids: nothing to send
   local results, err = batch.run(plan,
     function(body, subcalls) return perform(self, "batch", body, true, subcalls) end,
-    function(code, description, method) return fail(self._auth, method, code, description) end)
+    function(code, description, method) return fail_error(self._auth, method, code, description) end)
   return batch.by_lead(keys, results, err)
 end
 
@@ -352,7 +397,10 @@ local function send_pages(self, requests)
     if r.batch then
       env, err = perform(self, "batch", batch.body(r.batch.keys, r.batch.cmd, true), true, r.batch.methods)
     else
-      env, err = perform(self, r.method, json_body(self, r.method, r.params, 1), true)
+      -- Checked with the caller's params: pages only add paging keys.
+      local body, bad = json_body(self, r.method, r.params)
+      if not body then errors.raise(1, bad) end
+      env, err = perform(self, r.method, body, true)
     end
     answers[i] = { env, err }
   end
@@ -362,18 +410,19 @@ end
 --- for item, err in client:each(method, params, opts) do ... end
 --- opts: fast, page_batch, parallel, id_key, progress (README "Exports").
 function Client:each(method, params, opts)
-  check_client(self, "each", 2)
-  methods.check_name(method, 2)
-  params = check_params(method, params, 2)
-  params = methods.validate(method, params, 2)
-  json_body(self, method, params, 2)
-  local pager = paging.new(method, params, opts, 2)
+  local body, checked = prepare(self, "each", method, params)
+  local pager, why
+  if body then pager, why = paging.new(method, checked, opts) else why = checked end
+  if not pager then errors.raise(2, why) end
   return pager:iterator(function(requests) return send_pages(self, requests) end,
-    function(code, description, m) return fail(self._auth, m, code, description) end)
+    function(code, description, m) return fail_error(self._auth, m, code, description) end)
 end
 
 -- The typed form: client.crm.lead.contact.items.get{ id = 1 } calls
--- "crm.lead.contact.items.get". Each step is a small callable table.
+-- "crm.lead.contact.items.get". Each step is a small callable table. A
+-- typed path has at least one dot: a single word called on the client
+-- (client:batc{}) is a typo of one of its methods, not a REST method
+-- (client:call("profile") calls one-word methods).
 local Namespace = {}
 
 local function namespace(client, name)
@@ -385,13 +434,48 @@ Namespace.__index = function(ns, key)
   return namespace(rawget(ns, "_client"), rawget(ns, "_name") .. "." .. key)
 end
 
+local CLIENT_METHODS = { "batch", "call", "close", "each", "lead_contacts" }
+
+-- Edit distance of two short words (insertions, deletions, substitutions).
+local function distance(a, b)
+  local row = {}
+  for j = 0, #b do row[j] = j end
+  for i = 1, #a do
+    local diagonal = row[0]
+    row[0] = i
+    for j = 1, #b do
+      local up = row[j]
+      row[j] = math.min(up + 1, row[j - 1] + 1, diagonal + (a:byte(i) == b:byte(j) and 0 or 1))
+      diagonal = up
+    end
+  end
+  return row[#b]
+end
+
+local function not_a_method(name)
+  local lower = name:lower()
+  for _, m in ipairs(CLIENT_METHODS) do
+    if distance(lower, m) <= 2 then
+      return fail("client:%s is not a method of the client (did you mean %s?)", name, m)
+    end
+  end
+  return fail("client:%s is not a method of the client (its methods: %s); the typed form needs a dotted"
+    .. " method name such as client.crm.lead.list{}, and client:call(\"%s\") calls any method",
+    name, table.concat(CLIENT_METHODS, ", "), name)
+end
+
 Namespace.__call = function(ns, params, ...)
   -- Also called as items:get{...}: the first argument is then the parent.
   if getmetatable(params) == Namespace then params = ... end
-  local client = rawget(ns, "_client")
-  check_client(client, rawget(ns, "_name"), 2)
-  local result, err, env = call(client, rawget(ns, "_name"), params, 2)
-  return result, err, env
+  local client, name = rawget(ns, "_client"), rawget(ns, "_name")
+  local body, why
+  if name:match("^[%w_]+$") then
+    why = not_a_method(name)
+  else
+    body, why = prepare(client, name, name, params)
+  end
+  if not body then errors.raise(2, why) end
+  return send(client, name, body)
 end
 
 Namespace.__tostring = function(ns)

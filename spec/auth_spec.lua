@@ -7,34 +7,15 @@ local core = require "bitrix24.core"
 
 local ITEMS_GET = "crm.lead.contact.items.get"
 
-local function tmpdir()
-  return (support.run("mktemp -d"):gsub("%s+$", ""))
-end
-
 describe("OAuth", function()
   local portal, dir
+  support.use_portal({ reset = { tokens = true } }, function(p) portal = p end)
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    dir = tmpdir()
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-    if dir then os.execute("rm -rf '" .. dir .. "'") end
-  end)
-
-  before_each(function() portal:reset { tokens = true } end)
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.remove_dir(dir) end)
 
   local function config(extra)
-    local info = portal:info()
-    local cfg = {
-      endpoint = portal.oauth_endpoint, token_url = portal.token_url,
-      access_token = info.access_token, refresh_token = info.refresh_token,
-      client_id = info.client_id, client_secret = info.client_secret,
-    }
-    for k, v in pairs(extra or {}) do cfg[k] = v end
-    return cfg, info
+    return support.oauth_config(portal, extra)
   end
 
   local function methods_seen()
@@ -98,11 +79,7 @@ describe("OAuth", function()
     local perm = support.run("stat -c %a " .. path)
     assert.equal("600", perm:gsub("%s+$", ""))
     portal:expire_tokens()
-    local script = dir .. "/worker.lua"
-    local f = assert(io.open(script, "w"))
-    f:write(([[
-      package.path = %q .. "/lua/?.lua;" .. package.path
-      package.cpath = %q .. "/build/%s/?.so;" .. package.cpath
+    local script = support.write_script(dir .. "/worker.lua", ([[
       local bitrix24 = require "bitrix24"
       local client = bitrix24.oauth { endpoint = %q, token_url = %q, client_id = %q, client_secret = %q,
         store = bitrix24.file_store(%q) }
@@ -111,11 +88,8 @@ describe("OAuth", function()
         if not rows then print("FAIL " .. tostring(err)) os.exit(1) end
       end
       print("OK")
-    ]]):format(support.ROOT, support.ROOT, support.LUA_VERSION, portal.oauth_endpoint, portal.token_url,
-      portal.client_id, portal.client_secret, path))
-    f:close()
-    local out = support.run("(" .. support.LUA .. " " .. script .. " & " .. support.LUA .. " " .. script
-      .. " & wait)")
+    ]]):format(portal.oauth_endpoint, portal.token_url, portal.client_id, portal.client_secret, path))
+    local out = support.run_two(script)
     assert.equal("OK\nOK\n", out)
     local tokens = 0
     for _, r in ipairs(portal:requests()) do
@@ -148,14 +122,7 @@ end)
 
 describe("TLS", function()
   local portal
-
-  setup(function()
-    portal = support.start_portal { tls = true, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
+  support.use_portal({ tls = true, reset = false }, function(p) portal = p end)
 
   it("verifies the certificate by default, and says what to do when it fails", function()
     local client = bitrix24.webhook(portal.https_webhook_url, support.opts())
@@ -196,15 +163,7 @@ end)
 describe("connections", function()
   local portal
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal(nil, function(p) portal = p end)
 
   it("follows a redirect to the same host with the same POST and body", function()
     portal:fault { method = ITEMS_GET, kind = "redirect", times = 1,
@@ -298,16 +257,7 @@ end)
 
 describe("secrets", function()
   local portal
-
-  setup(function()
-    portal = support.start_portal { tls = true, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset { tokens = true } end)
+  support.use_portal({ tls = true, reset = { tokens = true } }, function(p) portal = p end)
 
   it("never appear in errors, tostring or hook payloads", function()
     local info = portal:info()
@@ -322,9 +272,7 @@ describe("secrets", function()
     end
     local hooks = { on_request = keep, on_response = keep }
     local hook = bitrix24.webhook(portal.webhook_url, support.opts(hooks))
-    local oauth = bitrix24.oauth({ endpoint = portal.oauth_endpoint, token_url = portal.token_url,
-      access_token = info.access_token, refresh_token = info.refresh_token,
-      client_id = info.client_id, client_secret = info.client_secret, on_refresh = function() end },
+    local oauth = bitrix24.oauth(support.oauth_config(portal, { on_refresh = function() end }),
       support.opts(hooks))
     keep(tostring(hook))
     keep(tostring(oauth))

@@ -2,11 +2,10 @@
 -- C encoder of batch sub-queries.
 
 local support = require "support"
-local bitrix24 = require "bitrix24"
 local core = require "bitrix24.core"
 
 local ITEMS_GET = "crm.lead.contact.items.get"
-local REAL = support.ROOT .. "/../shared/b24-real-responses/"
+local REAL = support.REAL_RESPONSES .. "/"
 
 describe("core.query", function()
   it("writes PHP-style keys, arrays 0-based, map keys sorted", function()
@@ -45,18 +44,7 @@ end)
 
 describe("client:batch", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   local function requests() return #portal:requests() end
 
@@ -265,18 +253,7 @@ end)
 
 describe("client:lead_contacts", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   it("fetches 120 leads' contacts in 3 HTTP requests", function()
     local ids = {}

@@ -7,14 +7,14 @@ local support = require "support"
 describe("installation", function()
   local portal, tmp
 
+  support.use_portal({ reset = false }, function(p) portal = p end)
+
   setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    tmp = support.run("mktemp -d"):gsub("%s+$", "")
+    tmp = support.tmpdir()
   end)
 
   teardown(function()
-    if portal then portal:stop() end
-    if tmp and tmp:match("^/tmp/") then os.execute("rm -rf '" .. tmp .. "'") end
+    if tmp and tmp:match("^/tmp/") then support.remove_dir(tmp) end
   end)
 
   -- Runs a command from / so nothing resolves through the source tree.

@@ -8,15 +8,7 @@ describe("b24", function()
   local portal
   local B24 = support.ROOT .. "/bin/b24"
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal(nil, function(p) portal = p end)
 
   local function b24(args, env)
     env = env or {}

@@ -9,18 +9,7 @@ local ITEMS_GET = "crm.lead.contact.items.get"
 
 describe("client:call", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   it("returns lead 1's contacts as rows of Lua values, in the server's order", function()
     local rows, err, meta = client:call(ITEMS_GET, { id = 1 })
@@ -262,25 +251,10 @@ end)
 
 describe("bitrix24.oauth", function()
   local portal
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset { tokens = true } end)
+  support.use_portal({ reset = { tokens = true } }, function(p) portal = p end)
 
   local function oauth_client(extra)
-    local info = portal:info()
-    local cfg = {
-      endpoint = portal.oauth_endpoint, token_url = portal.token_url,
-      access_token = info.access_token, refresh_token = info.refresh_token,
-      client_id = info.client_id, client_secret = info.client_secret,
-    }
-    for k, v in pairs(extra or {}) do cfg[k] = v end
+    local cfg, info = support.oauth_config(portal, extra)
     return bitrix24.oauth(cfg, support.opts()), info
   end
 

@@ -52,19 +52,9 @@ end
 
 describe("fault matrix", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    -- One try, and a timeout the latency fault (2 s) exceeds.
-    client = bitrix24.webhook(portal.webhook_url, support.opts { timeout = 1 })
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset { tokens = true } end)
+  -- One try, and a timeout the latency fault (2 s) exceeds.
+  support.use_portal({ client = { timeout = 1 }, reset = { tokens = true } },
+    function(p, c) portal, client = p, c end)
 
   -- The client works for a clean call after the portal is reset.
   local function assert_usable(c)
@@ -136,14 +126,10 @@ describe("fault matrix", function()
       end)
 
       it("an OAuth refresh at the token endpoint fails with a defined error", function()
-        local info = portal:info()
         local refreshed = 0
-        local c = bitrix24.oauth({
-          endpoint = portal.oauth_endpoint, token_url = portal.token_url,
-          access_token = info.access_token, refresh_token = info.refresh_token,
-          client_id = info.client_id, client_secret = info.client_secret,
+        local c = bitrix24.oauth(support.oauth_config(portal, {
           on_refresh = function() refreshed = refreshed + 1 end,
-        }, support.opts { timeout = 1 })
+        }), support.opts { timeout = 1 })
         portal:expire_tokens()
         portal:fault(fault_for(f, "oauth.token"))
         local result, err = c:call(ITEMS_GET, { id = 1 })

@@ -14,18 +14,7 @@ local ITEMS_GET = "crm.lead.contact.items.get"
 
 describe("hostile input", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   -- f must raise an error matching `pattern` and send nothing.
   local function refused(pattern, f)

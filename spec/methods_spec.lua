@@ -3,22 +3,10 @@
 -- checked before anything is sent.
 
 local support = require "support"
-local bitrix24 = require "bitrix24"
 
 describe("crm.lead.contact.*", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   local function contact(id)
     local rows = assert(client.crm.lead.contact.items.get { id = id })

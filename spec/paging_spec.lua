@@ -2,7 +2,6 @@
 -- large exports (start = -1 with an ID filter).
 
 local support = require "support"
-local bitrix24 = require "bitrix24"
 local fakejson = require "bitrix24.fake.json"
 
 -- A portal data file with 1,000 leads (ids with gaps) and a few contacts.
@@ -24,19 +23,14 @@ end
 describe("client:each", function()
   local portal, client, data_path, leads
 
-  setup(function()
+  support.use_portal(function()
     data_path, leads = write_data()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000, data = data_path }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
+    return { data = data_path, client = true }
+  end, function(p, c) portal, client = p, c end)
 
   teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
     if data_path then os.remove(data_path) end
   end)
-
-  before_each(function() portal:reset() end)
 
   local function export(params, opts)
     local ids = {}

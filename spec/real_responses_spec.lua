@@ -4,9 +4,8 @@
 -- (CRM ids often arrive as strings), empty arrays, nulls.
 
 local support = require "support"
-local bitrix24 = require "bitrix24"
 
-local DIR = support.ROOT .. "/../shared/b24-real-responses"
+local DIR = support.REAL_RESPONSES
 
 local STATUS = {
   NO_AUTH_FOUND = 401, QUERY_LIMIT_EXCEEDED = 503, INVALID_REQUEST = 400,
@@ -25,15 +24,7 @@ describe("real portal answers", function()
   local portal, client
   local files = list_files()
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
+  support.use_portal({ client = true, reset = false }, function(p, c) portal, client = p, c end)
 
   it("are all there (39 files)", function()
     assert.equal(39, #files)

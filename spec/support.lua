@@ -25,6 +25,64 @@ function M.start_portal(opts)
   return fake.start(opts)
 end
 
+-- Inside a describe: one fake portal for its tests, started in setup,
+-- stopped in teardown and reset before each test. opts (or a function
+-- returning them, called in setup): start_portal's options over
+-- { tls = false, rate = 1000, burst = 100000 }, plus
+--   client = true|table  also a webhook client with M.opts() (a table: the
+--                        client's options over those); closed in teardown
+--   reset = false|table  no reset before each test, or portal:reset's argument
+-- set(portal, client) is called once they are started, so the describe's
+-- own locals hold them (busted runs setup after the describe's body).
+function M.use_portal(opts, set)
+  local busted = require "busted"
+  local portal, client, reset
+  busted.setup(function()
+    local start, client_opts = { tls = false, rate = 1000, burst = 100000 }, nil
+    if type(opts) == "function" then opts = opts() end
+    for k, v in pairs(opts or {}) do
+      if k == "client" then client_opts = v
+      elseif k == "reset" then reset = v
+      else start[k] = v end
+    end
+    portal = M.start_portal(start)
+    if client_opts then
+      client = require("bitrix24").webhook(portal.webhook_url,
+        M.opts(type(client_opts) == "table" and client_opts or nil))
+    end
+    set(portal, client)
+  end)
+  busted.teardown(function()
+    if client then client:close() end
+    if portal then portal:stop() end
+  end)
+  busted.before_each(function()
+    if reset ~= false then portal:reset(reset) end
+  end)
+end
+
+-- The config of bitrix24.oauth for the portal's current tokens and app,
+-- with extra's fields over it; also returns portal:info().
+function M.oauth_config(portal, extra)
+  local info = portal:info()
+  local cfg = {
+    endpoint = portal.oauth_endpoint, token_url = portal.token_url,
+    access_token = info.access_token, refresh_token = info.refresh_token,
+    client_id = info.client_id, client_secret = info.client_secret,
+  }
+  for k, v in pairs(extra or {}) do cfg[k] = v end
+  return cfg, info
+end
+
+-- A fresh temporary directory; M.remove_dir removes it.
+function M.tmpdir()
+  return (M.run("mktemp -d"):gsub("%s+$", ""))
+end
+
+function M.remove_dir(dir)
+  if dir then os.execute("rm -rf '" .. dir .. "'") end
+end
+
 -- Runs a shell command; returns stdout, stderr and the exit status.
 function M.run(cmd, env)
   local out, err = os.tmpname(), os.tmpname()
@@ -45,6 +103,23 @@ function M.run(cmd, env)
   local status = tonumber(stderr:match("(%d+)%s*$"))
   stderr = stderr:gsub("%d+%s*$", "")
   return stdout, stderr, status
+end
+
+-- Writes a Lua script for a child process (run with M.LUA) that loads
+-- this checkout's modules and core, then runs `body`; returns its path.
+function M.write_script(path, body)
+  local f = assert(io.open(path, "w"))
+  f:write(("package.path = %q .. package.path\npackage.cpath = %q .. package.cpath\n"):format(
+    M.ROOT .. "/lua/?.lua;", M.ROOT .. "/build/" .. M.LUA_VERSION .. "/?.so;"), body)
+  f:close()
+  return path
+end
+
+-- Runs a script in two processes at the same time, the first with the
+-- argument a, the second with b; returns their output.
+function M.run_two(script, a, b)
+  return M.run("(" .. M.LUA .. " " .. script .. " " .. (a or "") .. " & " .. M.LUA .. " " .. script .. " "
+    .. (b or "") .. " & wait)")
 end
 
 function M.read_file(path)
@@ -76,6 +151,10 @@ end
 
 -- The repository root, from this file's location.
 M.ROOT = (debug.getinfo(1, "S").source:match("^@(.*)/spec/[^/]+$") or ".")
+
+-- Response bodies recorded from real portals (where each comes from: its
+-- INDEX.md). Kept in the repository so a plain clone runs every spec.
+M.REAL_RESPONSES = M.ROOT .. "/spec/fixtures/real-responses"
 
 ---------------------------------------------------------------- reference JSON
 

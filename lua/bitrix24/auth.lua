@@ -12,6 +12,7 @@ local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
 local shared_dict = require "bitrix24.shared_dict"
+local fail = errors.message
 
 local json = cjson.new()
 
@@ -21,30 +22,33 @@ local function is_loopback(host)
   return host == "localhost" or host == "[::1]" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
 end
 
--- Returns the URL with a trailing "/" and its scheme://authority. Plain
+-- Returns the URL with a trailing "/" and its scheme://authority, or nil
+-- and why. Plain
 -- http:// is for loopback (tests, the fake portal) unless the caller opts
 -- in: a secret sent in clear text is a secret given away.
-function M.check_url(url, name, allow_http, level)
+function M.check_url(url, name, allow_http)
   if type(url) ~= "string" then
-    errors.raise(level, "%s must be a string, got %s", name, type(url))
+    return nil, fail("%s must be a string, got %s", name, type(url))
   end
   local scheme, authority, path = url:match("^(https?)://([^/?#@]+)(/[^?#]*)$")
   if not scheme then
-    errors.raise(level, "%s must be an http(s) URL ending with '/'", name)
+    return nil, fail("%s must be an http(s) URL ending with '/'", name)
   end
   local host = authority:match("^(%[.-%])") or authority:match("^[^:]*")
   if scheme == "http" and not is_loopback(host) and not allow_http then
-    errors.raise(level, "%s uses plain http:// to %s; use https:// (or opts.allow_http = true)", name, host)
+    return nil, fail("%s uses plain http:// to %s; use https:// (or opts.allow_http = true)", name, host)
   end
   if path:sub(-1) ~= "/" then path = path .. "/" end
   return scheme .. "://" .. authority .. path, scheme .. "://" .. authority
 end
 
-function M.webhook(url, opts, level)
-  local base, origin = M.check_url(url, "webhook URL", opts.allow_http, level + 1)
+-- The credentials of a webhook client, or nil and why.
+function M.webhook(url, opts)
+  local base, origin = M.check_url(url, "webhook URL", opts.allow_http)
+  if not base then return nil, origin end
   local code = base:match("/rest/%d+/([^/]+)/$")
   if not code then
-    errors.raise(level, "webhook URL must look like https://<portal>/rest/<user_id>/<code>/")
+    return nil, fail("webhook URL must look like https://<portal>/rest/<user_id>/<code>/")
   end
   return {
     kind = "webhook", base = base, origin = origin,
@@ -69,7 +73,7 @@ local function check_saved(t, allow_http)
   if t.refresh_token ~= nil and (type(t.refresh_token) ~= "string" or t.refresh_token == "") then
     return nil, "its refresh_token is not a non-empty string"
   end
-  if t.client_endpoint ~= nil and not pcall(M.check_url, t.client_endpoint, "client_endpoint", allow_http, 1) then
+  if t.client_endpoint ~= nil and not M.check_url(t.client_endpoint, "client_endpoint", allow_http) then
     return nil, "its client_endpoint is not a usable URL"
   end
   return t
@@ -126,23 +130,26 @@ local function seed(auth, allow_http)
   return ok, err
 end
 
-function M.oauth(cfg, opts, level)
+-- The credentials of an OAuth client, or nil and why.
+function M.oauth(cfg, opts)
   for _, k in ipairs(FIELDS) do
     if cfg[k] ~= nil and (type(cfg[k]) ~= "string" or cfg[k] == "") then
-      errors.raise(level, "oauth config: %s must be a non-empty string", k)
+      return nil, fail("oauth config: %s must be a non-empty string", k)
     end
   end
   if cfg.on_refresh ~= nil and type(cfg.on_refresh) ~= "function" then
-    errors.raise(level, "oauth config: on_refresh must be a function")
+    return nil, fail("oauth config: on_refresh must be a function")
   end
   local store = cfg.store
   if store ~= nil and (type(store) ~= "table" or type(store.load) ~= "function"
       or type(store.save) ~= "function") then
-    errors.raise(level, "oauth config: store must have load and save functions")
+    return nil, fail("oauth config: store must have load and save functions")
   end
+  local token_url, bad_url = M.check_url(cfg.token_url or M.DEFAULT_TOKEN_URL,
+    "oauth config: token_url", opts.allow_http)
+  if not token_url then return nil, bad_url end
   local auth = setmetatable({
-    kind = "oauth", token_url = M.check_url(cfg.token_url or M.DEFAULT_TOKEN_URL,
-      "oauth config: token_url", opts.allow_http, level + 1),
+    kind = "oauth", token_url = token_url,
     access_token = cfg.access_token, refresh_token = cfg.refresh_token,
     client_id = cfg.client_id, client_secret = cfg.client_secret,
     on_refresh = cfg.on_refresh, store = store, secrets = {},
@@ -163,15 +170,16 @@ function M.oauth(cfg, opts, level)
     endpoint = saved.client_endpoint or endpoint
   end
   if auth.access_token == nil then
-    errors.raise(level, "oauth config: access_token is required%s",
+    return nil, fail("oauth config: access_token is required%s",
       why and (" (the store cannot be used: " .. why .. ")") or "")
   end
-  auth.base, auth.origin = M.check_url(endpoint, "oauth config: endpoint", opts.allow_http, level + 1)
+  auth.base, auth.origin = M.check_url(endpoint, "oauth config: endpoint", opts.allow_http)
+  if not auth.base then return nil, auth.origin end
   auth.shown = auth.base
   auth:remember_secrets()
   if store and not saved and not why then
     local ok, err = seed(auth, opts.allow_http)
-    if not ok then errors.raise(level, "oauth config: store: %s", errors.redact(err, auth.secrets)) end
+    if not ok then return nil, fail("oauth config: store: %s", errors.redact(err, auth.secrets)) end
   end
   return auth
 end
@@ -235,8 +243,8 @@ function Tokens:adopt(t, allow_http)
   self.access_token = t.access_token
   self.refresh_token = t.refresh_token or self.refresh_token
   if type(t.client_endpoint) == "string" then
-    local ok, base, origin = pcall(M.check_url, t.client_endpoint, "client_endpoint", allow_http, 1)
-    if ok then self.base, self.origin, self.shown = base, origin, base end
+    local base, origin = M.check_url(t.client_endpoint, "client_endpoint", allow_http)
+    if base then self.base, self.origin, self.shown = base, origin, base end
   end
   self:remember_secrets()
 end
@@ -334,7 +342,7 @@ end
 --- (mode 0600).
 function M.file_store(path)
   if type(path) ~= "string" or path == "" then
-    errors.raise(1, "file_store: path must be a non-empty string")
+    errors.raise(2, "file_store: path must be a non-empty string")
   end
   return {
     path = path,
@@ -371,7 +379,9 @@ end
 --- between them. dict: ngx.shared.NAME or NAME; key names the token set
 --- (several apps can share a dict).
 function M.shared_dict_store(dict, key)
-  dict = shared_dict.resolve(dict, "shared_dict_store", 1)
+  local why
+  dict, why = shared_dict.resolve(dict, "shared_dict_store")
+  if not dict then errors.raise(2, why) end
   local name = "bitrix24:tokens:" .. tostring(key or "default")
   return {
     load = function()

@@ -1,7 +1,8 @@
 -- Batch: many calls in few requests.
 --
 -- plan() checks and encodes the commands before anything is sent (a bad
--- command raises, and no part of the batch goes out), orders them so a
+-- command gives nil and why, which the client raises: no part of the
+-- batch goes out), orders them so a
 -- $result[key] reference comes after the command it names, and splits
 -- them into requests of at most 50 commands. run() sends the requests
 -- and unpacks the answers.
@@ -10,6 +11,7 @@ local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
 local methods = require "bitrix24.methods"
+local fail = errors.message
 local limiter = require "bitrix24.limiter"
 
 local json = cjson.new()
@@ -26,16 +28,18 @@ local function key_less(a, b)
   return a < b
 end
 
--- Commands in key order, each after the commands it refers to.
-local function order(cmd, deps, level)
+-- Commands in key order, each after the commands it refers to; or nil
+-- and why when two refer to each other.
+local function order(cmd, deps)
   local keys = {}
   for key in pairs(cmd) do keys[#keys + 1] = key end
   table.sort(keys, key_less)
-  local out, state = {}, {}
+  local out, state, why = {}, {}, nil
   local function visit(key, from)
-    if state[key] == "done" then return end
+    if why or state[key] == "done" then return end
     if state[key] == "visiting" then
-      errors.raise(level + 1, "batch: commands %s and %s refer to each other", key, from)
+      why = fail("batch: commands %s and %s refer to each other", key, from)
+      return
     end
     state[key] = "visiting"
     for _, dep in ipairs(deps[key]) do visit(dep, key) end
@@ -43,10 +47,11 @@ local function order(cmd, deps, level)
     out[#out + 1] = key
   end
   for _, key in ipairs(keys) do visit(key) end
+  if why then return nil, why end
   return out
 end
 
-local function chunks_of(ordered, deps, level)
+local function chunks_of(ordered, deps)
   local chunks, where = {}, {}
   for i, key in ipairs(ordered) do
     local n = math.floor((i - 1) / M.MAX_COMMANDS) + 1
@@ -55,7 +60,7 @@ local function chunks_of(ordered, deps, level)
     where[key] = n
     for _, dep in ipairs(deps[key]) do
       if where[dep] ~= n then
-        errors.raise(level, "batch: %s refers to %s, which goes in an earlier request of %d commands; "
+        return nil, fail("batch: %s refers to %s, which goes in an earlier request of %d commands; "
           .. "keep referring commands within %d of each other", key, dep, M.MAX_COMMANDS, M.MAX_COMMANDS)
       end
     end
@@ -63,43 +68,48 @@ local function chunks_of(ordered, deps, level)
   return chunks
 end
 
-local function check_opts(opts, level)
+local function check_opts(opts)
   if opts == nil then return {} end
-  if type(opts) ~= "table" then errors.raise(level, "batch: opts must be a table, got %s", type(opts)) end
+  if type(opts) ~= "table" then return nil, fail("batch: opts must be a table, got %s", type(opts)) end
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
-    errors.raise(level, "batch: opts.progress must be a function")
+    return nil, fail("batch: opts.progress must be a function")
   end
   return opts
 end
 
--- level: the frame to blame, counted from plan (1: its caller).
-function M.plan(commands, opts, level)
-  opts = check_opts(opts, level + 1)
+-- Returns the plan, or nil and why.
+function M.plan(commands, opts)
+  local why
+  opts, why = check_opts(opts)
+  if not opts then return nil, why end
   if type(commands) ~= "table" or next(commands) == nil then
-    errors.raise(level, "batch: commands must be a non-empty table of key = { method, params }")
+    return nil, fail( "batch: commands must be a non-empty table of key = { method, params }")
   end
   local cmd, names, deps = {}, {}, {}
   for key, c in pairs(commands) do
     if type(key) ~= "string" or not key:match("^[%w_]+$") then
-      errors.raise(level, "batch: command keys must be strings of letters, digits and '_', got %s",
+      return nil, fail("batch: command keys must be strings of letters, digits and '_', got %s",
         type(key) == "string" and string.format("%q", key) or tostring(key))
     end
     if type(c) ~= "table" then
-      errors.raise(level, "batch: commands.%s must be a table { method, params }", key)
+      return nil, fail("batch: commands.%s must be a table { method, params }", key)
     end
     local method, params = c[1] or c.method, c[2] or c.params
-    methods.check_name(method, level + 1)
-    if method:lower() == "batch" then
-      errors.raise(level, "batch: commands.%s: a batch cannot contain a batch", key)
+    local lower
+    lower, why = methods.check_name(method)
+    if not lower then return nil, why end
+    if lower == "batch" then
+      return nil, fail( "batch: commands.%s: a batch cannot contain a batch", key)
     end
     if params == nil then params = {} end
     if type(params) ~= "table" then
-      errors.raise(level, "batch: commands.%s: params must be a table or nil, got %s", key, type(params))
+      return nil, fail("batch: commands.%s: params must be a table or nil, got %s", key, type(params))
     end
-    params = methods.validate(method, params, level + 1, true)
+    params, why = methods.validate(method, params, true)
+    if not params then return nil, why end
     local ok, query = pcall(core.query, params)
     if not ok then
-      errors.raise(level, "batch: commands.%s (%s): %s", key, method, (tostring(query):gsub("^.-: ", "")))
+      return nil, fail( "batch: commands.%s (%s): %s", key, method, (tostring(query):gsub("^.-: ", "")))
     end
     cmd[key] = query == "" and method or method .. "?" .. query
     names[key] = method
@@ -108,17 +118,20 @@ function M.plan(commands, opts, level)
     deps[key] = {}
     for ref in text:gmatch(REFERENCE) do
       if not cmd[ref] then
-        errors.raise(level, "batch: commands.%s refers to $result[%s], which is not a command", key, ref)
+        return nil, fail("batch: commands.%s refers to $result[%s], which is not a command", key, ref)
       end
       if ref ~= key then table.insert(deps[key], ref) end
     end
   end
-  local ordered = order(cmd, deps, level + 1)
+  local ordered, chunks
+  ordered, why = order(cmd, deps)
+  if ordered then chunks, why = chunks_of(ordered, deps) end
+  if not chunks then return nil, why end
   local reads_only = true
   for _, method in pairs(names) do reads_only = reads_only and limiter.is_read(method) end
   return {
     reads_only = reads_only,
-    cmd = cmd, methods = names, chunks = chunks_of(ordered, deps, level + 1),
+    cmd = cmd, methods = names, chunks = chunks,
     total = #ordered, halt = opts.halt and true or false, progress = opts.progress,
   }
 end
@@ -199,16 +212,18 @@ function M.run(plan, send, make_error)
 end
 
 -- The contacts of many leads: one items.get per lead, 50 to a request.
-function M.plan_lead_contacts(ids, opts, level)
+-- Returns the plan (false for no ids: nothing to send) and the caller's
+-- id of each command key, or nil and why.
+function M.plan_lead_contacts(ids, opts)
   if type(ids) ~= "table" then
-    errors.raise(level, "lead_contacts: ids must be an array of lead ids, got %s", type(ids))
+    return nil, fail( "lead_contacts: ids must be an array of lead ids, got %s", type(ids))
   end
   local commands, keys = {}, {}
   for i = 1, #ids do
     local id = ids[i]
     local n = type(id) == "string" and id:match("^%d+$") and tonumber(id) or id
     if type(n) ~= "number" or n <= 0 or n ~= math.floor(n) or n >= 2^53 then
-      errors.raise(level, "lead_contacts: ids[%d] must be a positive integer, got %s", i, tostring(id))
+      return nil, fail("lead_contacts: ids[%d] must be a positive integer, got %s", i, tostring(id))
     end
     local key = string.format("%d", n)
     if not keys[key] then
@@ -218,11 +233,13 @@ function M.plan_lead_contacts(ids, opts, level)
   end
   for k in pairs(ids) do
     if type(k) ~= "number" or k < 1 or k > #ids or k ~= math.floor(k) then
-      errors.raise(level, "lead_contacts: ids must be an array (keys 1..n)")
+      return nil, fail("lead_contacts: ids must be an array (keys 1..n)")
     end
   end
-  if #ids == 0 then return nil, keys end
-  return M.plan(commands, opts, level + 1), keys
+  if #ids == 0 then return false, keys end
+  local plan, why = M.plan(commands, opts)
+  if not plan then return nil, why end
+  return plan, keys
 end
 
 -- results keyed by command -> rows and errors keyed by the caller's ids.

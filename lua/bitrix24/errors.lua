@@ -80,12 +80,12 @@ function M.redact_all(v, secrets)
   return setmetatable(out, getmetatable(v))
 end
 
--- Programmer errors: raised with a message naming the argument. level is
--- the frame to blame, counted from the function calling raise (1: its
--- caller), so the message points at the user's line, not at ours.
+-- Programmer errors. The checks return nil and a message made by
+-- message(); each public function raises it once with raise(2, why), so
+-- the error points at the caller's line, not at ours.
 local unpack = table.unpack or unpack -- 5.1 and LuaJIT: the global
 
-function M.raise(level, fmt, ...)
+function M.message(fmt, ...)
   -- "%s" takes any value on 5.2+ and LuaJIT, but only strings and numbers
   -- on 5.1, where a boolean or nil would turn the message into format's own
   -- "bad argument" error.
@@ -94,7 +94,12 @@ function M.raise(level, fmt, ...)
     local t = type(args[i])
     if t ~= "string" and t ~= "number" then args[i] = tostring(args[i]) end
   end
-  error("bitrix24: " .. fmt:format(unpack(args, 1, args.n)), level + 2)
+  return fmt:format(unpack(args, 1, args.n))
+end
+
+-- level as error's: 2 blames the caller of the function calling raise.
+function M.raise(level, why)
+  error("bitrix24: " .. why, level + 1)
 end
 
 return M

@@ -82,7 +82,7 @@ end
 --- and the call that met it gets BUDGET_ERROR.
 function M.file_budget(path)
   if type(path) ~= "string" or path == "" then
-    errors.raise(1, "file_budget: path must be a non-empty string")
+    errors.raise(2, "file_budget: path must be a non-empty string")
   end
   -- The first write of this process also removes temp files of writers
   -- killed mid-write (a directory scan, too costly for every request).
@@ -133,7 +133,9 @@ local LOCK_WAIT = 5       -- seconds to wait for the lock before giving up
 local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
 
 function M.shared_dict_budget(dict)
-  dict = shared_dict.resolve(dict, "shared_dict_budget", 1)
+  local why
+  dict, why = shared_dict.resolve(dict, "shared_dict_budget")
+  if not dict then errors.raise(2, why) end
   local function locked(state_key, fn)
     local raw, state = dict:get(state_key), {}
     if raw ~= nil then
@@ -173,6 +175,9 @@ end
 
 ---------------------------------------------------------------- the limiter
 
+-- Seconds of the deadline a try needs at the least (see acquire).
+M.MIN_TRY = 0.25
+
 local Limiter = {}
 Limiter.__index = Limiter
 
@@ -208,10 +213,13 @@ end
 -- this client reserves); one read above it (left by an older version, or
 -- written by hand) is clamped to it, one that is not a number counts as a
 -- full bucket, and a `last` in the future as now.
-function Limiter:reserve(now, deadline)
+function Limiter:reserve(deadline)
   local rate, cap = self.rate, math.max(1, self.burst - 1)
   local ceiling = cap + rate * self.deadline
   local ok, r, err = pcall(self.budget.update, self.budget, self.key, function(state)
+    -- The time is read under the budget's lock: processes sharing it then
+    -- see `last` only grow, and no stretch of draining is counted twice.
+    local now = self.now()
     local level, last = finite(state.level), finite(state.last)
     if state.level == nil then level = 0 elseif not level or level < 0 then level = cap end
     if not last or last > now then last = now end
@@ -260,6 +268,10 @@ end
 -- description when it would have to wait past max_wait or the deadline
 -- (the client's own codes: the request was not sent) or the budget failed.
 function Limiter:acquire(method, deadline, subcalls)
+  -- A try started with almost nothing left of the deadline would only
+  -- time out (and a write might run on the portal unseen): a wait is
+  -- worth taking only while it leaves MIN_TRY for the try itself.
+  deadline = deadline - M.MIN_TRY
   local ok, code, description = self:operating_wait(method, deadline)
   if not ok then return nil, code, description end
   for _, m in pairs(subcalls or {}) do
@@ -267,7 +279,7 @@ function Limiter:acquire(method, deadline, subcalls)
     if not ok then return nil, code, description end
   end
   if not self.enabled then return true end
-  local r, err = self:reserve(self.now(), deadline)
+  local r, err = self:reserve(deadline)
   if not r then return nil, "BUDGET_ERROR", "the rate-limit budget failed: " .. tostring(err) end
   if not r.taken then
     return nil, "RATE_LIMIT_WAIT", string.format(

@@ -1,7 +1,8 @@
 -- Parameter checks for the methods the client knows, run before anything
--- is sent. A bad parameter raises an error naming it; a value the API
--- would silently misread (IS_PRIMARY = true stored as "not primary") is
--- converted to what the API expects.
+-- is sent. A bad parameter gives nil and a message naming it (the public
+-- functions raise it); a value the API would silently misread
+-- (IS_PRIMARY = true stored as "not primary") is converted to what the
+-- API expects.
 
 local errors = require "bitrix24.errors"
 
@@ -18,30 +19,32 @@ local function describe(v)
   return tostring(v) .. " (" .. type(v) .. ")"
 end
 
+local fail = errors.message
+
 -- The checks below read through __index, and their copies through pairs
 -- (__pairs), while the encoders read raw keys: a table with a metatable
 -- could pass a check and be sent as something else. The encoders refuse
 -- such tables anywhere; the tables read here are refused before reading,
 -- because a converted copy would no longer carry the metatable.
-local function plain(method, name, t, level)
+-- Each check returns its value (true when it has none), or nil and why.
+local function plain(method, name, t)
   if type(t) == "table" and getmetatable(t) ~= nil then
-    errors.raise(level, "%s: %s has a metatable; params must be plain tables", method, name)
+    return nil, fail("%s: %s has a metatable; params must be plain tables", method, name)
   end
+  return true
 end
 
 -- Batch commands may hold references to earlier results
 -- ($result[cmd][0][ID]) wherever a value goes; the server fills them in.
--- Set by validate for each check.
-local refs_allowed = false
-
-local function is_reference(v)
-  return refs_allowed and type(v) == "string" and v:match("^%$%a+%[.*%]$") ~= nil
+-- refs says whether they are allowed (in a batch) or not (a single call).
+local function is_reference(v, refs)
+  return refs and type(v) == "string" and v:match("^%$%a+%[.*%]$") ~= nil
 end
 
 -- Integers as Lua numbers without a fraction, or strings of digits
 -- (Bitrix24 reads ids with intval, and ids often arrive as strings).
-local function integer_value(v)
-  if is_reference(v) then return 1 end
+local function integer_value(v, refs)
+  if is_reference(v, refs) then return 1 end
   if type(v) == "number" then
     if v == math.floor(v) and v > -2^53 and v < 2^53 then return v end
   elseif type(v) == "string" and v:match("^%-?%d+$") and #v <= 15 then
@@ -50,32 +53,32 @@ local function integer_value(v)
   return nil
 end
 
-local function check_positive(method, name, v, level)
-  local n = integer_value(v)
+local function check_positive(method, name, v, refs)
+  local n = integer_value(v, refs)
   if not n or n <= 0 then
-    errors.raise(level, "%s: %s must be a positive integer, got %s",
-      method, name, describe(v))
+    return nil, fail("%s: %s must be a positive integer, got %s", method, name, describe(v))
   end
+  return n
 end
 
-local function check_id(method, params, level)
+local function check_id(method, params, refs)
   local id = params.id
   local name = "params.id"
   if id == nil and params.ID ~= nil then id, name = params.ID, "params.ID" end
-  check_positive(method, name, id, level + 1)
+  return check_positive(method, name, id, refs)
 end
 
 -- Checks one binding ({CONTACT_ID, SORT, IS_PRIMARY}); returns it, or a
 -- converted copy when IS_PRIMARY was a boolean.
-local function check_binding(method, name, b, level)
+local function check_binding(method, name, b, refs)
   if type(b) ~= "table" then
-    errors.raise(level, "%s: %s must be a table, got %s", method, name, describe(b))
+    return nil, fail("%s: %s must be a table, got %s", method, name, describe(b))
   end
-  plain(method, name, b, level + 1)
-  check_positive(method, name .. ".CONTACT_ID", b.CONTACT_ID, level + 1)
-  if b.SORT ~= nil and not integer_value(b.SORT) then
-    errors.raise(level, "%s: %s.SORT must be an integer, got %s",
-      method, name, describe(b.SORT))
+  local ok, why = plain(method, name, b)
+  if ok then ok, why = check_positive(method, name .. ".CONTACT_ID", b.CONTACT_ID, refs) end
+  if not ok then return nil, why end
+  if b.SORT ~= nil and not integer_value(b.SORT, refs) then
+    return nil, fail("%s: %s.SORT must be an integer, got %s", method, name, describe(b.SORT))
   end
   local p = b.IS_PRIMARY
   if type(p) == "boolean" then
@@ -83,9 +86,8 @@ local function check_binding(method, name, b, level)
     for k, v in pairs(b) do copy[k] = v end
     copy.IS_PRIMARY = p and "Y" or "N"
     return copy
-  elseif p ~= nil and p ~= "Y" and p ~= "N" and not is_reference(p) then
-    errors.raise(level, '%s: %s.IS_PRIMARY must be "Y", "N" or a boolean, got %s',
-      method, name, describe(p))
+  elseif p ~= nil and p ~= "Y" and p ~= "N" and not is_reference(p, refs) then
+    return nil, fail('%s: %s.IS_PRIMARY must be "Y", "N" or a boolean, got %s', method, name, describe(p))
   end
   return b
 end
@@ -107,43 +109,52 @@ local function is_array(t)
   return n == #t
 end
 
+-- method -> function(method, params, refs) -> params to send | nil, why
 local check = {}
 
 check["crm.lead.contact.fields"] = function(_, params) return params end
 
-check["crm.lead.contact.items.get"] = function(method, params, level)
-  check_id(method, params, level + 1)
+check["crm.lead.contact.items.get"] = function(method, params, refs)
+  local ok, why = check_id(method, params, refs)
+  if not ok then return nil, why end
   return params
 end
 
 check["crm.lead.contact.items.delete"] = check["crm.lead.contact.items.get"]
 
-check["crm.lead.contact.add"] = function(method, params, level)
-  check_id(method, params, level + 1)
-  return with(params, "fields", check_binding(method, "params.fields", params.fields, level + 1))
+check["crm.lead.contact.add"] = function(method, params, refs)
+  local ok, why = check_id(method, params, refs)
+  if not ok then return nil, why end
+  local fields
+  fields, why = check_binding(method, "params.fields", params.fields, refs)
+  if not fields then return nil, why end
+  return with(params, "fields", fields)
 end
 
-check["crm.lead.contact.delete"] = function(method, params, level)
-  check_id(method, params, level + 1)
+check["crm.lead.contact.delete"] = function(method, params, refs)
+  local ok, why = check_id(method, params, refs)
+  if not ok then return nil, why end
   local fields = params.fields
   if type(fields) ~= "table" then
-    errors.raise(level, "%s: params.fields must be a table, got %s", method, describe(fields))
+    return nil, fail("%s: params.fields must be a table, got %s", method, describe(fields))
   end
-  check_positive(method, "params.fields.CONTACT_ID", fields.CONTACT_ID, level + 1)
+  ok, why = check_positive(method, "params.fields.CONTACT_ID", fields.CONTACT_ID, refs)
+  if not ok then return nil, why end
   return params
 end
 
-check["crm.lead.contact.items.set"] = function(method, params, level)
-  check_id(method, params, level + 1)
+check["crm.lead.contact.items.set"] = function(method, params, refs)
+  local ok, why = check_id(method, params, refs)
+  if ok then ok, why = plain(method, "params.items", params.items) end
+  if not ok then return nil, why end
   local items = params.items
-  plain(method, "params.items", items, level + 1)
   if type(items) ~= "table" or not is_array(items) then
-    errors.raise(level, "%s: params.items must be an array of bindings, got %s",
-      method, describe(items))
+    return nil, fail("%s: params.items must be an array of bindings, got %s", method, describe(items))
   end
   local out, changed = {}, false
   for i = 1, #items do
-    out[i] = check_binding(method, "params.items[" .. i .. "]", items[i], level + 1)
+    out[i], why = check_binding(method, "params.items[" .. i .. "]", items[i], refs)
+    if not out[i] then return nil, why end
     changed = changed or out[i] ~= items[i]
   end
   return changed and with(params, "items", out) or params
@@ -173,20 +184,20 @@ end
 
 -- A REST method name: letters, digits, "_" and single dots between them.
 -- Anything else could change the URL the call goes to. Returns the name
--- in lower case.
-function M.check_name(method, level)
+-- in lower case, or nil and why.
+function M.check_name(method)
   local lower = names[method]
   if lower then return lower end
   if type(method) ~= "string" then
-    errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s", type(method))
+    return nil, fail("method must be a non-empty string of letters, digits, '_' and '.', got %s", type(method))
   end
   if #method > M.MAX_NAME then
-    errors.raise(level, "method must be at most %d bytes, got %d bytes starting %s", M.MAX_NAME, #method,
+    return nil, fail("method must be at most %d bytes, got %d bytes starting %s", M.MAX_NAME, #method,
       quote(method:sub(1, SHOWN)))
   end
   if not method:match("^[%w_]+$") and not method:match("^[%w_][%w_.]*[%w_]$")
       or method:find("..", 1, true) then
-    errors.raise(level, "method must be a non-empty string of letters, digits, '_' and '.', got %s",
+    return nil, fail("method must be a non-empty string of letters, digits, '_' and '.', got %s",
       shown_name(method))
   end
   if named >= 1000 then names, named = {}, 0 end
@@ -195,17 +206,14 @@ function M.check_name(method, level)
   return lower
 end
 
--- Returns the params to send (the caller's table, or a converted copy).
--- level: the frame to blame, counted from validate (1: its caller);
--- refs: allow batch references in place of values.
-function M.validate(method, params, level, refs)
-  refs_allowed = refs or false
+-- Returns the params to send (the caller's table, or a converted copy),
+-- or nil and why. refs: allow batch references in place of values.
+function M.validate(method, params, refs)
   local f = check[names[method] or method:lower()]
   if not f then return params end
-  plain(method, "params", params, level + 1)
-  -- Not a tail call: it would remove a frame and shift the blamed level.
-  local checked = f(method, params, level + 1)
-  return checked
+  local ok, why = plain(method, "params", params)
+  if not ok then return nil, why end
+  return f(method, params, refs or false)
 end
 
 function M.known(method)

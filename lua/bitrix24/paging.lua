@@ -25,6 +25,8 @@ local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
 local batch = require "bitrix24.batch"
 
+local fail = errors.message
+
 local M = {}
 
 local PAGE = 50        -- rows a list call answers
@@ -50,22 +52,23 @@ local function whole(v, lo, hi)
   return v == math.floor(v) and v >= lo and v <= hi
 end
 
-local function check_opts(opts, level)
+-- Returns the options (a table), or nil and why.
+local function check_opts(opts)
   if opts == nil then return {} end
-  if type(opts) ~= "table" then errors.raise(level, "each: opts must be a table, got %s", type(opts)) end
+  if type(opts) ~= "table" then return nil, fail("each: opts must be a table, got %s", type(opts)) end
   for k, v in pairs(opts) do
     local want = OPTIONS[k]
-    if not want then errors.raise(level, "each: unknown option opts.%s", tostring(k)) end
-    if type(v) ~= want then errors.raise(level, "each: opts.%s must be a %s, got %s", k, want, type(v)) end
+    if not want then return nil, fail("each: unknown option opts.%s", tostring(k)) end
+    if type(v) ~= want then return nil, fail("each: opts.%s must be a %s, got %s", k, want, type(v)) end
   end
   if opts.page_batch and not whole(opts.page_batch, 1, MAX_BATCH) then
-    errors.raise(level, "each: opts.page_batch must be a whole number from 1 to %d", MAX_BATCH)
+    return nil, fail("each: opts.page_batch must be a whole number from 1 to %d", MAX_BATCH)
   end
   if opts.parallel and not whole(opts.parallel, 1, math.huge) then
-    errors.raise(level, "each: opts.parallel must be a whole number from 1")
+    return nil, fail("each: opts.parallel must be a whole number from 1")
   end
   if opts.id_key and not opts.id_key:match("^[%w_]+$") then
-    errors.raise(level, "each: opts.id_key must be a field name (letters, digits, '_')")
+    return nil, fail("each: opts.id_key must be a field name (letters, digits, '_')")
   end
   return opts
 end
@@ -88,17 +91,20 @@ local function fast_base(params, id_key)
   return p
 end
 
-function M.new(method, params, opts, level)
-  opts = check_opts(opts, level + 1)
+-- Returns the pager, or nil and why (bad opts, or params fast mode cannot keep).
+function M.new(method, params, opts)
+  local why
+  opts, why = check_opts(opts)
+  if not opts then return nil, why end
   local id_key = opts.id_key or "ID"
   if opts.fast then
     local order = params.order
     if order ~= nil and (type(order) ~= "table" or next(order) ~= nil and
         (next(order, next(order)) ~= nil or (order[id_key] or ""):upper() ~= "ASC")) then
-      errors.raise(level, "each: opts.fast sorts by %s ascending; params.order cannot ask for another order", id_key)
+      return nil, fail("each: opts.fast sorts by %s ascending; params.order cannot ask for another order", id_key)
     end
     if params.filter ~= nil and type(params.filter) ~= "table" then
-      errors.raise(level, "each: params.filter must be a table")
+      return nil, fail("each: params.filter must be a table")
     end
   end
   local self = setmetatable({
@@ -110,11 +116,12 @@ function M.new(method, params, opts, level)
     self.base = fast_base(params, id_key)
     self.start_id = tonumber(self.base.filter[">" .. id_key])
   end
-  -- A parameter the batch's query string cannot carry raises now, before
-  -- anything is sent.
+  -- A parameter the batch's query string cannot carry is refused now,
+  -- before anything is sent.
   if self.page_batch > 1 then
-    local ok, why = pcall(core.query, self.fast and self.base or params)
-    if not ok then errors.raise(level, "each: %s: %s", method, (tostring(why):gsub("^.-: ", ""))) end
+    local ok
+    ok, why = pcall(core.query, self.fast and self.base or params)
+    if not ok then return nil, fail("each: %s: %s", method, (tostring(why):gsub("^.-: ", ""))) end
   end
   return self
 end

@@ -9,16 +9,16 @@ local errors = require "bitrix24.errors"
 
 local M = {}
 
--- dict: ngx.shared.NAME or NAME. who names the caller in errors; level is
--- the frame to blame, counted from the caller of resolve.
-function M.resolve(dict, who, level)
+-- dict: ngx.shared.NAME or NAME. Returns the dictionary, or nil and why
+-- (who names the caller in it).
+function M.resolve(dict, who)
   if type(dict) == "string" then
     local ngx = rawget(_G, "ngx")
     dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared[dict] or nil
-    if not dict then errors.raise(level + 1, "%s: no lua_shared_dict of that name", who) end
+    if not dict then return nil, errors.message("%s: no lua_shared_dict of that name", who) end
   end
   if (type(dict) ~= "table" and type(dict) ~= "userdata") or type(dict.add) ~= "function" then
-    errors.raise(level + 1, "%s: dict must be an ngx.shared dictionary or its name", who)
+    return nil, errors.message("%s: dict must be an ngx.shared dictionary or its name", who)
   end
   return dict
 end

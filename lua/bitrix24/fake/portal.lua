@@ -3,9 +3,10 @@
 -- No server code here: a host (nginx/OpenResty, or a test) turns each HTTP
 -- request into a plain table and calls portal:handle(req), which returns
 -- { status, headers, body, delay, fault } (see Portal:handle below);
--- behaviour follows ../shared/b24-docs/FACTS.md (sections are
--- cited as "FACTS §n"; "[src]" marks behaviour FACTS took from the module
--- source, which wins over the docs where they disagree).
+-- behaviour follows the project's notes on the Bitrix24 docs, FACTS.md
+-- (kept outside the repository; sections are cited as "FACTS §n"; "[src]"
+-- marks behaviour FACTS took from the module source, which wins over the
+-- docs where they disagree).
 --
 -- This file is the pipeline of a REST request (webhook or OAuth):
 --   parse params -> auth -> fault injection -> leaky bucket -> method lookup
