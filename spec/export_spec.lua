@@ -109,7 +109,8 @@ describe("client:each export", function()
       end
     end)
 
-    it("drops what a chain returns after a short page (the short-page trap) and looks again from the last id", function()
+    it("drops what a chain returns after a short page (the short-page trap), then looks again from the last id",
+      function()
       portal:reset { leads = 1020 } -- page 21 holds 20 rows; the rest of the chain gets a whole page as its >ID
       local ids, errs = export { fast = true }
       assert.same({}, errs)
@@ -203,7 +204,8 @@ describe("client:each export", function()
     it("keeps the caller's filter and select", function()
       portal:reset { leads = 3000 }
       local all = generated(3000)
-      local ids = export({ fast = true }, { filter = { [">ID"] = all[100], ["<=ID"] = all[2900] }, select = { "TITLE" } })
+      local ids = export({ fast = true },
+        { filter = { [">ID"] = all[100], ["<=ID"] = all[2900] }, select = { "TITLE" } })
       local want = {}
       for i = 101, 2900 do want[#want + 1] = all[i] end
       assert.same(want, ids)

@@ -284,7 +284,8 @@ function Probe:request(pager)
   return pager:request { pager:fast_params(pager.start_id), desc }
 end
 
--- The ids of rows as numbers (nil when one is not a number).
+-- How many ids the rows span from the first to the last (nil when one of
+-- the two is not a number).
 local function span(pager, rows)
   local a, b = rows[1] and tonumber(rows[1][pager.id_key]), rows[#rows] and tonumber(rows[#rows][pager.id_key])
   if a and b then return math.abs(b - a) + 1 end
