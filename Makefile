@@ -13,8 +13,9 @@
 #                             runs them at the same time; see spec/run-all)
 #   make test EXCLUDE=T,...   leaves out the specs tagged T (busted tags):
 #                             slow (left out by default; make test-slow runs
-#                             them), nginx (an nginx with the client inside);
-#                             EXCLUDE= runs every spec
+#                             them), nginx (an nginx with the client inside),
+#                             npm (node clients from the npm registry; run
+#                             under Lua 5.4 only); EXCLUDE= runs every spec
 #   make test-slow            the slow specs, once, under LUA_VERSION (CI: 5.4)
 #   make demo                 crm.lead.contact.items.get against the fake portal,
 #                             or the portal in BITRIX24_WEBHOOK_URL when set
@@ -106,8 +107,12 @@ define apt_install
 	fi
 endef
 
+# The npm spec needs node >= 20 and npm. An existing node (NodeSource's,
+# nvm's, ...) is never replaced: Debian's nodejs and npm are installed only
+# when there is no node at all (Debian 12's is 18: the spec then says so).
 deps:
 	$(call apt_install,$(DEB_PACKAGES))
+	$(if $(shell command -v node),,$(call apt_install,nodejs npm))
 
 # Every installed Lua of LUA_VERSIONS, or LUA_VERSION alone when it was
 # given; spec/run-all prints each version's count, then the sum. The
@@ -121,11 +126,18 @@ test: deps
 	@MAKE="$(MAKE)" PARALLEL="$(PARALLEL)" EXCLUDE="$(EXCLUDE)" \
 		sh spec/run-all $(if $(LUA_VERSION_GIVEN),$(LUA_VERSION),--installed $(LUA_VERSIONS))
 
+# The npm spec tests the fake portal, which runs in nginx's own LuaJIT
+# whatever Lua runs busted, against node clients: the same under every
+# version, so it runs under NPM_UNDER only.
+NPM_UNDER := 5.4
+comma := ,
+TEST_EXCLUDE = $(EXCLUDE)$(if $(filter-out $(NPM_UNDER),$(LUA_VERSION)),$(if $(EXCLUDE),$(comma))npm)
+
 # One version: build, then the specs; the count is labelled with the
 # interpreter ("lua5.3: N passed, N failed"). Used by spec/run-all.
 test-one: build
 	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" SUMMARY_LABEL="$(LUA)" \
-		sh spec/run $(if $(EXCLUDE),--exclude-tags=$(EXCLUDE))
+		sh spec/run $(if $(TEST_EXCLUDE),--exclude-tags=$(TEST_EXCLUDE))
 
 # The slow specs alone, under LUA_VERSION; ends with "slow: N passed, N failed".
 test-slow: deps build

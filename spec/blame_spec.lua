@@ -11,18 +11,7 @@ local function here() return debug.getinfo(2, "l").currentline end
 
 describe("programmer errors blame the caller", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
   after_each(function()
     assert.equal(0, #portal:requests(), "a request was sent for bad input")
   end)
@@ -107,18 +96,7 @@ end)
 
 describe("a name on the client that is not a method", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   local function raises(f)
     local ok, msg = pcall(f)

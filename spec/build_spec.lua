@@ -52,6 +52,19 @@ describe("installation", function()
     assert.is_true(n > 20, "found only " .. n .. " modules")
   end)
 
+  it("the rockspec builds every C source of src/", function()
+    local f = assert(io.open(support.ROOT .. "/bitrix24-scm-1.rockspec", "rb"))
+    local rockspec = f:read("*a")
+    f:close()
+    local files = support.run("cd '" .. support.ROOT .. "' && ls src/*.c")
+    local n = 0
+    for file in files:gmatch("[^\n]+") do
+      assert.is_truthy(rockspec:find('"' .. file .. '"', 1, true), "not in the rockspec's sources: " .. file)
+      n = n + 1
+    end
+    assert.is_true(n > 8, "found only " .. n .. " C files")
+  end)
+
   it("luarocks make builds and installs the rock into a tree", function()
     if support.LUA_VERSION == "luajit" then return end
     local src = tmp .. "/src"
