@@ -376,6 +376,19 @@ describe("client:each export", function()
     end)
   end)
 
+  describe("operating time of client:batch", function()
+    it("charges each command to its own method and paces before the third request would pass the limit", function()
+      portal:configure { op_limit = 1.2, op_bucket = 0.2, op_cost = { [LIST] = 0.01 } }
+      local c = bitrix24.webhook(portal.webhook_url, support.opts { operating_limit = 1.2 })
+      finally(function() c:close() end)
+      local commands = {}
+      for i = 1, 150 do commands["l" .. i] = { LIST, { start = -1, select = { "ID" } } } end
+      local results = assert(c:batch(commands))
+      for key, item in pairs(results) do assert.is_nil(item.error, key) end
+      assert.equal(3, requests())
+    end)
+  end)
+
   describe("parallel", function()
     it("fast mode: id ranges side by side, rows still in order, every id once", function()
       portal:reset { leads = 10000 }
