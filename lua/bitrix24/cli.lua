@@ -169,23 +169,23 @@ end
 
 -- Every row of a list method, one JSON line each as it arrives. Rows are
 -- flushed at every page, so a reader sees them while the export runs.
-local function run_all(client, method, params, all, out, errout)
+local function run_all(client, method, params, export, out, errout)
   local bar = progress_bar(errout, "rows")
-  local opts = { fast = all.fast, parallel = all.parallel, page_batch = all.page_batch }
-  if all.limit and not opts.page_batch then
+  local opts = { fast = export.fast, parallel = export.parallel, page_batch = export.page_batch }
+  if export.limit and not opts.page_batch then
     -- No more pages a request than the rows asked for need.
-    opts.page_batch = math.max(1, math.min(50, math.ceil(all.limit / 50)))
+    opts.page_batch = math.max(1, math.min(50, math.ceil(export.limit / 50)))
   end
-  local shown_total
+  local drawn, shown_total = false, nil
   opts.progress = function(done, total)
     out:flush()
     if bar then
-      shown_total = total
+      drawn, shown_total = true, total
       bar(done, total)
     end
   end
   local n, failed = 0, nil
-  if not all.limit or all.limit > 0 then
+  if export.limit ~= 0 then
     for row, err in client:each(method, params, opts) do
       if not row then
         failed = err
@@ -193,12 +193,12 @@ local function run_all(client, method, params, all, out, errout)
       end
       out:write(json.encode(row), "\n")
       n = n + 1
-      if all.limit and n >= all.limit then break end
+      if export.limit and n >= export.limit then break end
     end
   end
   out:flush()
   -- The bar ends its own line once a known total is reached.
-  if bar and not (shown_total and n >= shown_total) then errout:write("\n") end
+  if drawn and not (shown_total and n >= shown_total) then errout:write("\n") end
   if failed then
     errout:write(tostring(failed), "\n")
     return 1
