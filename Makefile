@@ -79,12 +79,14 @@ $(CORE): $(SRC) $(HDR)
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake \
+		$(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events \
 		$(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport \
 		$(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24 $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/bitrix24.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/
 	install -m 644 lua/bitrix24/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/
 	install -m 644 lua/bitrix24/fake/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake/
 	install -m 644 lua/bitrix24/transport/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport/
+	install -m 644 lua/bitrix24/events/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events/
 	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24/
 	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
 	    -e 's|^local INSTALLED = nil$$|local INSTALLED = { prefix = "$(PREFIX)", abi = "$(LUA_ABI)" }|' \

@@ -114,12 +114,15 @@ describe("a name on the client that is not a method", function()
       raises(function() client:lead_contact { 1 } end))
     assert.equal("bitrix24: client:eachh is not a method of the client (did you mean each?)",
       raises(function() client.eachh("crm.lead.list") end))
+    assert.equal("bitrix24: client:bnd is not a method of the client (did you mean bind?)",
+      raises(function() client:bnd("ONCRMLEADADD") end))
   end)
 
   it("without a close method, says how one-word REST methods are called", function()
     local msg = raises(function() client.profile() end)
-    assert.equal("bitrix24: client:profile is not a method of the client (its methods: batch, call, close,"
-      .. ' each, lead_contacts); the typed form needs a dotted method name such as client.crm.lead.list{},'
+    assert.equal("bitrix24: client:profile is not a method of the client (its methods: batch, bind, call, calls,"
+      .. ' close, each, event_bindings, lead_contacts, unbind); the typed form needs a dotted method name such as'
+      .. ' client.crm.lead.list{},'
       .. ' and client:call("profile") calls any method', msg)
   end)
 

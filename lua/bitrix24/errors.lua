@@ -24,6 +24,7 @@ local CLIENT_CODES = {
   RATE_LIMIT_WAIT = "the client's rate-limit bucket would delay the call past its deadline; not sent",
   OPERATING_TIME_WAIT = "the method's operating time unblocks after max_wait or the deadline; not sent",
   NO_CONFIG = "no credentials in the environment",
+  CANCELLED = "the client was closed while the call waited or was in flight",
 }
 
 function Error:__tostring()

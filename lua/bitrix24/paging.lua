@@ -25,6 +25,8 @@ local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
 local batch = require "bitrix24.batch"
 
+local fanout = require "bitrix24.fanout"
+
 local fail = errors.message
 
 local M = {}
@@ -64,9 +66,8 @@ local function check_opts(opts)
   if opts.page_batch and not whole(opts.page_batch, 1, MAX_BATCH) then
     return nil, fail("each: opts.page_batch must be a whole number from 1 to %d", MAX_BATCH)
   end
-  if opts.parallel and not whole(opts.parallel, 1, math.huge) then
-    return nil, fail("each: opts.parallel must be a whole number from 1")
-  end
+  local bad = fanout.check(opts.parallel, "each: ")
+  if bad then return nil, bad end
   if opts.id_key and not opts.id_key:match("^[%w_]+$") then
     return nil, fail("each: opts.id_key must be a field name (letters, digits, '_')")
   end
@@ -91,8 +92,9 @@ local function fast_base(params, id_key)
   return p
 end
 
--- Returns the pager, or nil and why (bad opts, or params fast mode cannot keep).
-function M.new(method, params, opts)
+-- Returns the pager, or nil and why (bad opts, or params fast mode cannot
+-- keep). parallel: the client's, for when opts has none.
+function M.new(method, params, opts, parallel)
   local why
   opts, why = check_opts(opts)
   if not opts then return nil, why end
@@ -109,7 +111,8 @@ function M.new(method, params, opts)
   end
   local self = setmetatable({
     method = method, params = params, fast = opts.fast or false, id_key = id_key,
-    progress = opts.progress, page_batch = opts.page_batch or MAX_BATCH, parallel = opts.parallel or 1,
+    progress = opts.progress, page_batch = opts.page_batch or MAX_BATCH,
+    parallel = opts.parallel or parallel or 1,
     count = 0, units = 0, chain_rows = 0, seen_to = -math.huge,
   }, Pager)
   if self.fast then

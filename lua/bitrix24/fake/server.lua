@@ -18,7 +18,8 @@
 -- Methods (each one HTTP request to /_fake/...; raise on a non-200 answer):
 --   portal:requests(), portal:reset(opts), portal:fault(spec), portal:configure(t),
 --   portal:expire_tokens(), portal:stats(), portal:info(), portal:leads(change),
---   portal:churn(rule), and portal:stop().
+--   portal:churn(rule), portal:events(), portal:fire(t), portal:install(t),
+--   portal:uninstall(t) (see bitrix24.fake.events), and portal:stop().
 -- reset{ leads = N } regenerates N leads (once), reset{ tokens = true } issues
 -- new tokens; leads{ delete = {ids}, append = M } changes the leads at once;
 -- churn{ every = K, delete = {ids}, delete_count = D, append = M, times = T }
@@ -421,6 +422,11 @@ function Portal:configure(t) return control(self, "POST", "/_fake/config", t) en
 function Portal:expire_tokens() return control(self, "POST", "/_fake/expire_tokens", {}) end
 function Portal:leads(change) return control(self, "POST", "/_fake/leads", change or {}) end
 function Portal:churn(rule) return control(self, "POST", "/_fake/churn", rule or {}) end
+-- Events (bitrix24.fake.events): state, firing, install and uninstall.
+function Portal:events() return control(self, "GET", "/_fake/events") end
+function Portal:fire(t) return control(self, "POST", "/_fake/fire", t) end
+function Portal:install(t) return control(self, "POST", "/_fake/install", t) end
+function Portal:uninstall(t) return control(self, "POST", "/_fake/uninstall", t) end
 
 -- Reset may issue new tokens, so refresh the copies on the object.
 function Portal:reset(opts)
