@@ -418,6 +418,26 @@ describe("client:each export", function()
       for _, id in ipairs(report.appended) do assert.is_true(got[id], "added id " .. id .. " missing") end
     end)
 
+    it("has a round's requests in flight together (generous bound: under 0.75 of one at a time)", function()
+      local core = require "bitrix24.core"
+      local function timed(opts)
+        portal:reset { leads = 20000 }
+        portal:configure { latency = 0.2 } -- every answer waits 0.2 s
+        local t0 = core.monotonic()
+        local ids, errs = export(opts)
+        assert.same({}, errs)
+        assert.equal(20000, #ids)
+        return core.monotonic() - t0, requests()
+      end
+      for _, fast in ipairs { false, true } do
+        local alone, n1 = timed { fast = fast }
+        local together, n4 = timed { fast = fast, parallel = 4 }
+        assert.is_true(alone >= n1 * 0.2, "one at a time took " .. alone .. " s")
+        assert.is_true(together < alone * 0.75, string.format("%s: %.2f s (%d requests) with 4, %.2f s (%d) with 1",
+          fast and "fast" or "normal", together, n4, alone, n1))
+      end
+    end)
+
     it("normal mode: offset batches side by side, rows in order", function()
       portal:reset { leads = 10000 }
       local ids, errs = export { parallel = 3 }
