@@ -58,8 +58,8 @@ local function check_opts(opts)
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
     return nil, fail('opts.plan must be "standard" or "enterprise", got %q', opts.plan)
   end
-  if opts.budget ~= nil and type(opts.budget.update) ~= "function" then
-    return nil, fail("opts.budget must have an update function (see bitrix24.file_budget)")
+  if opts.budget ~= nil and type(opts.budget.update) ~= "function" and type(opts.budget.reserve) ~= "function" then
+    return nil, fail("opts.budget must have an update or a reserve function (see bitrix24.file_budget)")
   end
   local t = opts.transport
   if t ~= nil and t ~= "curl" and t ~= "nginx" and not (type(t) == "table" and type(t.call) == "function"
@@ -148,6 +148,11 @@ M.file_store = auth.file_store
 M.shared_dict_store = auth.shared_dict_store
 M.file_budget = limiter.file_budget
 M.shared_dict_budget = limiter.shared_dict_budget
+
+-- Shared between machines through Redis (README, "Many machines"): loaded
+-- on first use, so the client needs no Redis library until then.
+function M.redis_budget(config) return require("bitrix24.redis_budget").new(config) end
+function M.redis_store(config, key) return require("bitrix24.redis_store").new(config, key) end
 
 --- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
 --- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET
