@@ -200,7 +200,8 @@ return function(B)
       .. "%g s plus %g s per method call in it, summed, divided by the most requests the portal had in flight "
       .. "at once. A contender whose %s-lead export has a bucket floor above %d s runs on %s leads; its "
       .. "estimate is its measured ratio to the floor times the floor of the full export (requests counted "
-      .. "in row 7a). The client's default parallel is whatever `each` uses without the option.", burst, rate, X.latency, X.call_cost, N, X.max_floor, fmt_int(X.small))
+      .. "in row 7a). The default parallel is what `each` uses without the option.", burst, rate, X.latency,
+      X.call_cost, N, X.max_floor, fmt_int(X.small))
   end)
 
   ------------------------------------------------------------ 7g
