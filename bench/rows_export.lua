@@ -54,12 +54,15 @@ return function(B)
   end
 
   -- The most requests the portal had in flight at once: each request lasts
-  -- from its arrival to arrival + latency + its calls' cost.
+  -- from its arrival to arrival + latency + its calls' cost. The portal's
+  -- clock (ngx.now) has a millisecond's grain, so a request that follows
+  -- another at once may seem to start before it ended: SLACK forgives that.
+  local SLACK = 0.005
   local function in_flight(spans)
     local events = {}
     for _, s in ipairs(spans) do
       events[#events + 1] = { s[1], 1 }
-      events[#events + 1] = { s[2], -1 }
+      events[#events + 1] = { s[2] - SLACK, -1 }
     end
     table.sort(events, function(a, b) return a[1] < b[1] or a[1] == b[1] and a[2] < b[2] end)
     local now, most = 0, 0
