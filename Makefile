@@ -3,7 +3,10 @@
 #   make                      build the C core for LUA_VERSION (default 5.4)
 #   make LUA_VERSION=V        V is 5.1, 5.2, 5.3, 5.4 or luajit: build/V/bitrix24/core.so
 #   make install PREFIX=DIR   Lua files, core.so and the commands under DIR
-#                             (LuaJIT installs into the 5.1 paths)
+#                             (LuaJIT installs into the 5.1 paths): the client
+#                             (make install-client) and the fake portal
+#                             (make install-fake; needs luasocket and nginx
+#                             with the Lua module at run time)
 #   make test                 install missing Debian packages, then for every Lua
 #                             of LUA_VERSIONS that is installed: build, run the specs;
 #                             ends with one line "N passed, N failed", the sum
@@ -65,7 +68,7 @@ CURL_LIBS = $(shell pkg-config --libs libcurl)
 DEB_PACKAGES := make gcc libc6-dev pkg-config libcurl4-openssl-dev lua-cjson lua-socket luarocks procps \
 	lua-busted nginx-light libnginx-mod-http-lua openssl curl $(LUA_DEBS)
 
-.PHONY: all build install test test-one test-slow have-lua demo deps clean
+.PHONY: all build install install-client install-fake rock test test-one test-slow have-lua demo deps clean
 
 all: build
 
@@ -76,20 +79,33 @@ $(CORE): $(SRC) $(HDR)
 	$(CC) $(CFLAGS) $(WARNINGS) -fPIC -shared $(LUA_CFLAGS) $(CURL_CFLAGS) \
 		$(SRC) -o $@ $(CURL_LIBS) -lpthread
 
-install: build
-	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake \
-		$(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport \
+install: install-client install-fake
+
+install-client: build
+	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport \
 		$(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24 $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/bitrix24.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/
 	install -m 644 lua/bitrix24/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/
-	install -m 644 lua/bitrix24/fake/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake/
 	install -m 644 lua/bitrix24/transport/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport/
 	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24/
 	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
 	    -e 's|^local INSTALLED = nil$$|local INSTALLED = { prefix = "$(PREFIX)", abi = "$(LUA_ABI)" }|' \
 	    bin/b24 > $(DESTDIR)$(PREFIX)/bin/b24
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/b24
+
+install-fake:
+	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake $(DESTDIR)$(PREFIX)/bin
+	install -m 644 lua/bitrix24/fake/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake/
 	install -m 755 bin/b24-fake-portal $(DESTDIR)$(PREFIX)/bin/
+
+# The core for the bitrix24 rock (rockspecs/): luarocks passes its own
+# compiler flags and where Lua's and libcurl's headers are. Always rebuilt:
+# the rock may be for another Lua than the last one.
+LIBFLAG ?= -shared
+rock:
+	@mkdir -p build/rock/bitrix24
+	$(CC) $(CFLAGS) $(WARNINGS) -fPIC $(LIBFLAG) $(LUA_CFLAGS) $(CURL_CFLAGS) \
+		$(SRC) -o build/rock/bitrix24/core.so $(CURL_LIBS) -lpthread
 
 # Installs the Debian packages of $(1) that are missing, with sudo when not
 # root; does nothing when all are there.

@@ -1,15 +1,20 @@
 rockspec_format = "3.0"
 package = "bitrix24"
 version = "scm-1"
+-- The repository's main branch. `luarocks make` from a checkout builds the
+-- checkout and never reads source.url; `luarocks install` of this file
+-- clones the branch (needs the repository to be published there).
 source = {
-  url = "git+file:///dev/null",
+  url = "git+https://github.com/bitrix24-lua/bitrix24-lua.git",
+  branch = "main",
 }
 description = {
   summary = "Bitrix24 REST client: a libcurl C core under a thin Lua API",
   detailed = [[
 Calls Bitrix24 REST methods (webhook or OAuth) from Lua 5.1-5.4 and LuaJIT,
-returning results as Lua tables with integers kept as integers. Ships a fake
-Bitrix24 portal for tests.]],
+returning results as Lua tables with integers kept as integers. The fake
+portal the specs run against is its own rock, bitrix24-fake.]],
+  homepage = "https://github.com/bitrix24-lua/bitrix24-lua",
   license = "MIT",
 }
 dependencies = {
@@ -21,46 +26,46 @@ external_dependencies = {
   -- check does not search, so only the library is checked.
   CURL = { library = "curl" },
 }
+-- `luarocks test` runs the specs with busted from a checkout whose core is
+-- built (`make LUA_VERSION=5.4`: .busted loads build/<version>/). The specs
+-- start the fake portal from the checkout, so they also need what the
+-- bitrix24-fake rock needs: luasocket and nginx with the Lua module.
+test = {
+  type = "busted",
+  flags = { "--exclude-tags=slow" },
+}
+-- Built by the Makefile (make rock), not by the builtin type: builtin also
+-- copies all of lua/, which holds the fake portal (the bitrix24-fake rock).
 build = {
-  type = "builtin",
-  modules = {
-    ["bitrix24"] = "lua/bitrix24.lua",
-    ["bitrix24.errors"] = "lua/bitrix24/errors.lua",
-    ["bitrix24.methods"] = "lua/bitrix24/methods.lua",
-    ["bitrix24.batch"] = "lua/bitrix24/batch.lua",
-    ["bitrix24.paging"] = "lua/bitrix24/paging.lua",
-    ["bitrix24.cli"] = "lua/bitrix24/cli.lua",
-    ["bitrix24.auth"] = "lua/bitrix24/auth.lua",
-    ["bitrix24.limiter"] = "lua/bitrix24/limiter.lua",
-    ["bitrix24.shared_dict"] = "lua/bitrix24/shared_dict.lua",
-    ["bitrix24.transport.nginx"] = "lua/bitrix24/transport/nginx.lua",
-    ["bitrix24.fake.portal"] = "lua/bitrix24/fake/portal.lua",
-    ["bitrix24.fake.php"] = "lua/bitrix24/fake/php.lua",
-    ["bitrix24.fake.answers"] = "lua/bitrix24/fake/answers.lua",
-    ["bitrix24.fake.records"] = "lua/bitrix24/fake/records.lua",
-    ["bitrix24.fake.limits"] = "lua/bitrix24/fake/limits.lua",
-    ["bitrix24.fake.faults"] = "lua/bitrix24/fake/faults.lua",
-    ["bitrix24.fake.churn"] = "lua/bitrix24/fake/churn.lua",
-    ["bitrix24.fake.oauth"] = "lua/bitrix24/fake/oauth.lua",
-    ["bitrix24.fake.lead_contact"] = "lua/bitrix24/fake/lead_contact.lua",
-    ["bitrix24.fake.lists"] = "lua/bitrix24/fake/lists.lua",
-    ["bitrix24.fake.batch"] = "lua/bitrix24/fake/batch.lua",
-    ["bitrix24.fake.control"] = "lua/bitrix24/fake/control.lua",
-    ["bitrix24.fake.json"] = "lua/bitrix24/fake/json.lua",
-    ["bitrix24.fake.data"] = "lua/bitrix24/fake/data.lua",
-    ["bitrix24.fake.nginx"] = "lua/bitrix24/fake/nginx.lua",
-    ["bitrix24.fake.server"] = "lua/bitrix24/fake/server.lua",
-    ["bitrix24.core"] = {
-      sources = { "src/core.c", "src/envelope.c", "src/http.c", "src/multi.c", "src/query.c", "src/system.c", "src/buffer.c", "src/json.c", "src/values.c" },
-      libraries = { "curl", "pthread" },
-      libdirs = { "$(CURL_LIBDIR)" },
-      incdirs = { "$(CURL_INCDIR)" },
-    },
+  type = "make",
+  build_target = "rock",
+  build_variables = {
+    CC = "$(CC)",
+    CFLAGS = "$(CFLAGS)",
+    LIBFLAG = "$(LIBFLAG)",
+    LUA_CFLAGS = "-I$(LUA_INCDIR)",
+    CURL_CFLAGS = "-I$(CURL_INCDIR)",
+    CURL_LIBS = "-L$(CURL_LIBDIR) -lcurl",
   },
+  install_pass = false,
   install = {
+    lua = {
+      ["bitrix24"] = "lua/bitrix24.lua",
+      ["bitrix24.errors"] = "lua/bitrix24/errors.lua",
+      ["bitrix24.methods"] = "lua/bitrix24/methods.lua",
+      ["bitrix24.batch"] = "lua/bitrix24/batch.lua",
+      ["bitrix24.paging"] = "lua/bitrix24/paging.lua",
+      ["bitrix24.cli"] = "lua/bitrix24/cli.lua",
+      ["bitrix24.auth"] = "lua/bitrix24/auth.lua",
+      ["bitrix24.limiter"] = "lua/bitrix24/limiter.lua",
+      ["bitrix24.shared_dict"] = "lua/bitrix24/shared_dict.lua",
+      ["bitrix24.transport.nginx"] = "lua/bitrix24/transport/nginx.lua",
+    },
+    lib = {
+      ["bitrix24.core"] = "build/rock/bitrix24/core.so",
+    },
     bin = {
       ["b24"] = "bin/b24",
-      ["b24-fake-portal"] = "bin/b24-fake-portal",
     },
   },
 }
