@@ -21,7 +21,7 @@ local fail = errors.message
 
 local M = {
   _NAME = "bitrix24",
-  _VERSION = "0.1.0",
+  _VERSION = "0.2.0",
 }
 
 local Client = {}

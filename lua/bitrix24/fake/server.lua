@@ -34,7 +34,7 @@ local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
 
-local M = { _NAME = "bitrix24.fake.server", _VERSION = "0.1.0" }
+local M = { _NAME = "bitrix24.fake.server", _VERSION = "0.2.0" }
 
 local START_WAIT = 5       -- seconds to wait for nginx to answer before giving up
 local STOP_WAIT = 3        -- seconds between SIGTERM and SIGKILL
