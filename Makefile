@@ -21,6 +21,9 @@
 #   make test-slow            the slow specs, once, under LUA_VERSION (CI: 5.4)
 #   make demo                 crm.lead.contact.items.get against the fake portal,
 #                             or the portal in BITRIX24_WEBHOOK_URL when set
+#   make doc                  the API reference (LDoc, config.ld) in build/doc/
+#   make doc-check            fails when a public function has no doc comment or
+#                             LDoc warns; ends with "doc: N passed, N failed"
 
 # Every Lua the core supports; make test runs those installed.
 LUA_VERSIONS := 5.1 5.2 5.3 5.4 luajit
@@ -155,6 +158,22 @@ have-lua:
 
 demo: deps build
 	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" sh bin/demo
+
+# LDoc runs under Lua 5.1: Debian's lua-markdown, which renders the doc
+# comments' Markdown, is a 5.1 module.
+DOC_DEBS := lua5.1 lua-ldoc lua-markdown
+LDOC := lua5.1 /usr/bin/ldoc
+
+.PHONY: doc doc-check doc-deps
+
+doc-deps:
+	$(call apt_install,$(DOC_DEBS))
+
+doc: doc-deps
+	$(LDOC) --fatalwarnings .
+
+doc-check: doc-deps
+	@$(LUA) spec/doc-check.lua "$(LDOC)"
 
 clean:
 	rm -rf build
