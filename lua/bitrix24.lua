@@ -1,11 +1,16 @@
--- bitrix24: a Bitrix24 REST client.
+--- bitrix24: a Bitrix24 REST client.
 --
---   local client = bitrix24.webhook("https://portal/rest/1/CODE/")
---   local rows, err, meta = client:call("crm.lead.contact.items.get", { id = 1 })
+--     local client = bitrix24.webhook("https://portal/rest/1/CODE/")
+--     local rows, err, meta = client:call("crm.lead.contact.items.get", { id = 1 })
 --
--- The C core (bitrix24.core) does the HTTP and the JSON; this file holds
+-- Failures of the network or the portal return `nil, err` (an `Error` of
+-- `bitrix24.errors`); mistakes in the calling code raise, naming the bad
+-- argument, and send nothing.
+--
+-- The C core (`bitrix24.core`) does the HTTP and the JSON; this file holds
 -- configuration and policy: what a valid call is, where auth goes, when a
 -- token is refreshed, and what may be shown of a secret.
+-- @module bitrix24
 
 local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
@@ -26,6 +31,31 @@ local M = {
 
 local Client = {}
 
+--- The options of a client: the `opts` of `webhook`, `oauth` and `from_env`.
+-- All are optional; an unknown one raises, so a typo does not go unnoticed.
+-- @table options
+-- @tfield[opt=60] number timeout seconds for a whole try, connect to last byte
+-- @tfield[opt=10] number connect_timeout seconds to connect
+-- @tfield[opt=false] boolean allow_http plain `http://` to hosts other than loopback
+-- @tfield[opt] string ca_file CA certificates for a portal with its own CA
+-- @tfield[opt] string ca_path a directory of CA certificates
+-- @tfield[opt=true] boolean tls_verify `false` turns certificate checks off (said once on stderr)
+-- @tfield[opt] string user_agent the User-Agent header (default `bitrix24-lua/<version>`)
+-- @tfield[opt] string proxy a proxy URL (libcurl also reads `https_proxy` and friends)
+-- @tfield[opt] number max_response bytes (default 64 MiB); a larger answer fails with `RESPONSE_TOO_LARGE`
+-- @tfield[opt] function on_request `function(info)` before each HTTP request: `method`, `url` (secret removed)
+-- @tfield[opt] function on_response `function(info)` after it: `method`, `duration`, `status`, `code`, `operating`
+-- @tfield[opt=2] number rate the portal's leaky bucket: requests a second it drains
+-- @tfield[opt=50] number burst the bucket's ceiling
+-- @tfield[opt="standard"] string plan `"enterprise"` sets rate 5 and burst 250
+-- @tfield[opt] table budget where the bucket lives: `file_budget`, `shared_dict_budget`, or any table with `update(key, fn)`
+-- @tfield[opt=true] boolean rate_limit `false` turns the client's pacing off
+-- @tfield[opt=600] number max_wait the longest wait for a method blocked by its operating time
+-- @tfield[opt=900] number deadline seconds a call may take with all its waits and retries
+-- @tfield[opt=5] number tries tries per call, the first included
+-- @tfield[opt=false] boolean retry_writes also repeat writes after a lost answer
+-- @tfield[opt=480] number operating_limit seconds of server time per method per 10 minutes
+-- @tfield[opt] string|table transport `"curl"`, `"nginx"` or an object with `call`, `request` and `close` (default: nginx's cosockets inside nginx, else libcurl)
 local OPTIONS = {
   timeout = "number", connect_timeout = "number", allow_http = "boolean",
   ca_file = "string", ca_path = "string", tls_verify = "boolean",
@@ -144,29 +174,74 @@ local function oauth(cfg, opts)
   return new_client(credentials, merged)
 end
 
---- Incoming webhook: https://portal/rest/<user_id>/<code>/
+--- A client for an incoming webhook.
+-- @tparam string url the webhook's URL, `https://portal/rest/<user_id>/<code>/`
+-- @tparam[opt] table opts see `options`
+-- @treturn Client
+-- @raise on a malformed URL or a bad option (the message never shows the code)
 function M.webhook(url, opts)
   local client, why = webhook(url, opts)
   if not client then errors.raise(2, why) end
   return client
 end
 
---- OAuth application: tokens go in the request body, never in the URL.
---- TLS options may be given in the config as well as in opts.
+--- A client for an OAuth application: tokens go in the request body, never
+-- in the URL. An expired token is refreshed once per call, under the
+-- store's lock when there is a store.
+-- @tparam table cfg `endpoint` (the portal's `/rest/` URL), `access_token`,
+-- `refresh_token`, `client_id`, `client_secret`, and optionally `token_url`,
+-- `on_refresh` (called with the new tokens), `store` (`file_store`,
+-- `shared_dict_store` or a table with `load`, `save` and `lock`) and the TLS
+-- options `ca_file`, `ca_path`, `tls_verify`
+-- @tparam[opt] table opts see `options`
+-- @treturn Client
+-- @raise on a bad config or option
 function M.oauth(cfg, opts)
   local client, why = oauth(cfg, opts)
   if not client then errors.raise(2, why) end
   return client
 end
 
+--- A token store in a JSON file (mode 0600, replaced atomically), safe for
+-- the processes of one machine: a refresh takes a lock beside it.
+-- @function file_store
+-- @tparam string path
+-- @treturn table the store, for `oauth`'s `store`
+-- @raise when path is not a non-empty string
 M.file_store = auth.file_store
+
+--- A token store in an nginx `lua_shared_dict`, shared by every worker.
+-- @function shared_dict_store
+-- @param dict `ngx.shared.NAME` or NAME
+-- @tparam[opt="default"] string key names the token set (apps can share a dict)
+-- @treturn table the store, for `oauth`'s `store`
+-- @raise when dict is not a shared dict
 M.shared_dict_store = auth.shared_dict_store
+
+--- A rate-limit budget in a file, shared by the processes of one machine
+-- under an exclusive lock; a corrupt file is repaired (that call gets
+-- `BUDGET_ERROR`).
+-- @function file_budget
+-- @tparam string path
+-- @treturn table the budget, for `options`' `budget`
+-- @raise when path is not a non-empty string
 M.file_budget = limiter.file_budget
+
+--- A rate-limit budget in an nginx `lua_shared_dict`, shared by every worker.
+-- @function shared_dict_budget
+-- @param dict `ngx.shared.NAME` or NAME
+-- @treturn table the budget, for `options`' `budget`
+-- @raise when dict is not a shared dict
 M.shared_dict_budget = limiter.shared_dict_budget
 
---- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
---- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET
---- and _TOKEN_URL. Returns nil, err when neither is set.
+--- A client from the environment: `BITRIX24_WEBHOOK_URL`, else
+-- `BITRIX24_OAUTH_ENDPOINT` with `BITRIX24_OAUTH_ACCESS_TOKEN`,
+-- `_REFRESH_TOKEN`, `_CLIENT_ID`, `_CLIENT_SECRET` and `_TOKEN_URL`.
+-- @tparam[opt] table opts see `options`
+-- @treturn Client the client
+-- @return[2] nil
+-- @treturn[2] Error `NO_CONFIG` when neither is set
+-- @raise on a malformed URL or a bad option
 function M.from_env(opts)
   local url = os.getenv("BITRIX24_WEBHOOK_URL")
   local endpoint = os.getenv("BITRIX24_OAUTH_ENDPOINT")
@@ -356,15 +431,38 @@ local function send(self, method, body)
   return env.result, nil, env
 end
 
---- client:call(method, params) -> result, nil, envelope | nil, err
+--- A client, made by `webhook`, `oauth` or `from_env`. Besides its methods,
+-- any dotted REST method can be called as a chain of fields:
+-- `client.crm.lead.contact.items.get{ id = 1 }` is
+-- `client:call("crm.lead.contact.items.get", { id = 1 })`.
+-- @type Client
+
+--- Calls a REST method. Reads are retried after a lost answer; writes are
+-- sent once unless `retry_writes`.
+-- @tparam string method e.g. `"crm.lead.contact.items.get"`
+-- @tparam[opt] table params
+-- @return the envelope's `result`
+-- @return nil
+-- @treturn table the whole envelope (`time`, and `total`, `next` for lists)
+-- @return[2] nil
+-- @treturn[2] Error when the network or the portal failed
+-- @raise on a bad method name, params that cannot be sent, or invalid
+-- parameters of a `crm.lead.contact.*` method (nothing is sent)
 function Client:call(method, params)
   local body, why = prepare(self, "call", method, params)
   if not body then errors.raise(2, why) end
   return send(self, method, body)
 end
 
---- client:batch(commands, opts) -> results | nil, err
---- commands: { key = { method, params }, ... }; opts.halt, opts.progress.
+--- Runs many commands through the `batch` method, 50 to a request, a
+-- command after those it references (`$result[key]`).
+-- @tparam table commands `{ key = { method, params }, ... }`
+-- @tparam[opt] table opts `halt` (stop at the first failing command),
+-- `progress` (`function(done, total)`)
+-- @treturn table `{ key = { result =, error =, total =, next = }, ... }`
+-- @return[2] nil
+-- @treturn[2] Error when a request failed (`err.partial`: the results so far)
+-- @raise on malformed commands (nothing is sent)
 function Client:batch(commands, opts)
   local plan, why = check_client(self, "batch")
   if plan then plan, why = batch.plan(commands, opts) end
@@ -373,7 +471,15 @@ function Client:batch(commands, opts)
     function(code, description, method) return fail_error(self._auth, method, code, description) end)
 end
 
---- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
+--- The contacts of many leads, `crm.lead.contact.items.get` for each, 50 leads
+-- to a batch request.
+-- @tparam {integer,...} ids lead ids
+-- @tparam[opt] table opts `progress` (`function(done, total)`)
+-- @treturn table rows by lead id
+-- @treturn table errors by lead id
+-- @return[2] nil
+-- @treturn[2] Error when a request failed
+-- @raise on an id that is not a positive integer (nothing is sent)
 function Client:lead_contacts(ids, opts)
   local plan, keys = check_client(self, "lead_contacts")
   if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
@@ -384,7 +490,14 @@ function Client:lead_contacts(ids, opts)
   return batch.by_lead(keys, results, err)
 end
 
---- for item, err in client:each(method, params, opts) do ... end
+--- Iterates over every row of a list method, page after page:
+-- `for item, err in client:each(method, params, opts) do ... end`.
+-- @tparam string method a list method, e.g. `"crm.lead.list"`
+-- @tparam[opt] table params
+-- @tparam[opt] table opts `fast = true`: pages by `>ID` with `start = -1`
+-- (no count), for big exports
+-- @treturn function the iterator: each row, or `nil, err` once when a page failed
+-- @raise on a bad method name, params or opts (nothing is sent)
 function Client:each(method, params, opts)
   local body, checked = prepare(self, "each", method, params)
   local pager, why
@@ -469,7 +582,8 @@ function Client:__index(key)
   return nil
 end
 
---- Frees the connection; the client cannot be used afterwards.
+--- Frees the connection; the client cannot be used afterwards (a call
+-- raises). Also `__close` and `__gc`.
 function Client:close()
   if self._http then
     self._http:close()

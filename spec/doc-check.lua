@@ -86,7 +86,7 @@ for _, path in ipairs(config_files()) do
         local missing = {}
         for _, key in ipairs(table_keys(lines, i)) do
           local k = key:gsub("%p", "%%%0")
-          if not (doc:match("@tfield%S*%s+%S+%s+" .. k .. "%f[^%w_]") or doc:match("@field%s+" .. k .. "%f[^%w_]")) then
+          if not (doc:match("@tfield%S*%s+%S+%s+" .. k .. "%f[^%w_]") or doc:match("@field%S*%s+" .. k .. "%f[^%w_]")) then
             missing[#missing + 1] = key
           end
         end
