@@ -65,7 +65,7 @@ return function(rows, facts, failures, smoke)
   local f2 = facts["2"]
   if missed["2"] and f2 then
     local walk = f2.core - f2.cjson
-    say("**Row 2 missed: the integer walk.** cjson.decode %.1f ms, core.decode (cjson + the walk that turns "
+    say("**Row 2 missed: the integer walk.** cjson.decode %.1f ms, core.envelope (cjson + the walk that turns "
       .. "integral floats into Lua integers) %.1f ms, the client over HTTP %.1f ms. The walk is %.1f ms "
       .. "(%.0f%% of cjson's time), the transfer and the rest %.1f ms. Debian's lua-cjson 2.1.0 pushes every "
       .. "number as a float, so every row's CONTACT_ID, SORT and ROLE_ID is visited and written back. "

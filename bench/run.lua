@@ -236,7 +236,7 @@ bench("1", "calls per second, one keep-alive connection", function()
   local raw, call, client, decode, lua = kv(out, "raw"), kv(out, "call"), kv(out, "client"), kv(out, "decode"),
     kv(out, "lua")
   detail("- per call, one process: libcurl round trip through the client's handle (handle:request) %.1f us; "
-    .. "+ envelope decode (handle:call) %.1f us; full client:call %.1f us. Alone: core.decode of the answer "
+    .. "+ envelope decode (handle:call) %.1f us; full client:call %.1f us. Alone: core.envelope of the answer "
     .. "%.1f us, the Lua layer with a stub transport %.1f us.", raw, call, client, decode, lua)
   facts["1"] = { bytes = #L.SMALL_BODY, raw = raw, call = call, client = client, decode = decode, lua = lua }
 end)
@@ -250,9 +250,9 @@ bench("2", "decoding a large answer", function()
   local r = cl / cj
   add_row { id = "2", name = string.format("decode %s rows: client:call over HTTP vs cjson.decode of the body alone",
       fmt_int(C.big_rows)),
-    measured = string.format("%.2fx cjson's time (core.decode alone: %.2fx)", r, co / cj),
+    measured = string.format("%.2fx cjson's time (core.envelope alone: %.2fx)", r, co / cj),
     target = "<= 1.3x", met = r <= 1.3 }
-  detail("Row 2: %s rows, %s bytes, median of %d interleaved reps: cjson.decode %.1f ms, core.decode %.1f ms, "
+  detail("Row 2: %s rows, %s bytes, median of %d interleaved reps: cjson.decode %.1f ms, core.envelope %.1f ms, "
     .. "client:call over HTTP %.1f ms.", fmt_int(kv(out, "rows")), fmt_int(kv(out, "bytes")), C.decode_reps,
     cj * 1e3, co * 1e3, cl * 1e3)
   facts["2"] = { cjson = cj, core = co, client = cl }

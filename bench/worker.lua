@@ -3,7 +3,7 @@
 --
 --   worker.lua client URL N          client:call N times on one client
 --   worker.lua luasocket URL N       socket.http + cjson, N times
---   worker.lua decode URL FILE REPS  cjson.decode vs core.decode vs client:call
+--   worker.lua decode URL FILE REPS  cjson.decode vs core.envelope vs client:call
 --   worker.lua memory URL N1 N2      RSS after N1 and after N2 calls
 --   worker.lua export BASE_URL ROWS  peak RSS growth of a client:each export
 
@@ -28,7 +28,9 @@ local function client_for(url)
 end
 
 local function must(result, err)
-  if result == nil then error(tostring(err), 0) end
+  if result == nil then
+    error(type(err) == "table" and tostring(err.code) .. ": " .. tostring(err.description) or tostring(err), 0)
+  end
   return result
 end
 
@@ -58,7 +60,7 @@ elseif mode == "breakdown" then
     raw = function() for _ = 1, n do must(h:request(url, L.REQUEST_BODY)) end end,
     call = function() for _ = 1, n do must(h:call(url, L.REQUEST_BODY)) end end,
     client = function() for _ = 1, n do must(client:call(METHOD, PARAMS)) end end,
-    decode = function() for _ = 1, n do must(core.decode(200, L.SMALL_BODY)) end end,
+    decode = function() for _ = 1, n do must(core.envelope(200, L.SMALL_BODY)) end end,
     lua = function() for _ = 1, n do must(stub:call(METHOD, PARAMS)) end end,
   }
   local order = { "raw", "call", "client", "decode", "lua" }
@@ -112,7 +114,7 @@ elseif mode == "decode" then
   end
   local tasks = {
     cjson = function() return cjson.decode(body) end,
-    core = function() return core.decode(200, body) end,
+    core = function() return core.envelope(200, body) end,
     client = function() return must(client:call(METHOD, PARAMS)) end,
   }
   local order = { "cjson", "core", "client" }

@@ -1,6 +1,7 @@
 /* Shared pieces of the libFuzzer targets (see README.md): one Lua 5.4
- * state per process with cjson loaded the way core.c loads it, and a
- * builder that turns any byte string into a Lua value.
+ * state per process (the targets load cjson with b24_json_push_decoder,
+ * as core.c does), and a builder that turns any byte string into a Lua
+ * value.
  *
  * The builder reads a lenient JSON: every JSON document (the docs'
  * examples, real answers) is a valid input, any other byte string still
@@ -38,19 +39,6 @@ static lua_State *b24_fuzz_state(void)
         abort();
     luaL_openlibs(L);
     return L;
-}
-
-/* Pushes the decode function of a private cjson instance, as core.c does. */
-static void b24_fuzz_push_cjson_decode(lua_State *L)
-{
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "decode");
-    lua_replace(L, -3);
-    lua_pop(L, 1);
 }
 
 static int dummy_function(lua_State *L)

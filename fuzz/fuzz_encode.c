@@ -1,4 +1,4 @@
-/* libFuzzer target: core.encode (src/json.c), the JSON encoder of request
+/* libFuzzer target: core.json_encode (src/json.c), the JSON encoder of request
  * bodies, on any Lua value built from the input (common.h): cycles, NaN
  * and infinities, functions, threads, userdata, NUL bytes and invalid
  * UTF-8, mixed and sparse keys.
@@ -19,7 +19,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     L = b24_fuzz_state();
-    b24_fuzz_push_cjson_decode(L); /* stack index 1 */
+    b24_json_push_decoder(L); /* stack index 1 */
     return 0;
 }
 

@@ -4,10 +4,12 @@
  *
  * Input: an optional status line "NNN\n" (default 200), then the body.
  * Checks: it returns either (envelope, status) with a result, or
- * (nil, code, description, status, envelope-or-nil), never raises, and
- * every integral number of the envelope is a Lua integer. */
+ * (nil, failure) with failure = { code, description, status,
+ * envelope-or-nil }, never raises, and every integral number of the
+ * envelope is a Lua integer. */
 #include "common.h"
 #include "envelope.h"
+#include "json.h"
 
 static lua_State *L;
 
@@ -19,7 +21,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     L = b24_fuzz_state();
-    b24_fuzz_push_cjson_decode(L); /* stack index 1 */
+    b24_json_push_decoder(L); /* stack index 1 */
     return 0;
 }
 
@@ -40,7 +42,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     base = lua_gettop(L) - n + 1;
     if (base <= top)
         abort();
-    if (n == 2) {
+    if (n != 2)
+        abort();
+    if (!lua_isnil(L, base)) {
         if (lua_type(L, base) != LUA_TTABLE || !lua_isinteger(L, base + 1) ||
             lua_tointeger(L, base + 1) != status || status < 200 || status > 299)
             abort();
@@ -49,16 +53,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         lua_pop(L, 1);
         b24_fuzz_check_normalized(L, base, 0);
-    } else if (n == 5) {
-        if (!lua_isnil(L, base) || lua_type(L, base + 1) != LUA_TSTRING ||
-            lua_type(L, base + 2) != LUA_TSTRING ||
-            !lua_isinteger(L, base + 3) || lua_tointeger(L, base + 3) != status ||
-            !(lua_isnil(L, base + 4) || lua_type(L, base + 4) == LUA_TTABLE))
-            abort();
-        if (lua_type(L, base + 4) == LUA_TTABLE)
-            b24_fuzz_check_normalized(L, base + 4, 0);
     } else {
-        abort();
+        int f = base + 1;
+        if (lua_type(L, f) != LUA_TTABLE)
+            abort();
+        lua_getfield(L, f, "code");
+        lua_getfield(L, f, "description");
+        lua_getfield(L, f, "status");
+        lua_getfield(L, f, "envelope");
+        lua_getfield(L, f, "location");
+        if (lua_type(L, -5) != LUA_TSTRING || lua_type(L, -4) != LUA_TSTRING ||
+            /* status 0 is "no status" (failure.h) */
+            (status ? !lua_isinteger(L, -3) || lua_tointeger(L, -3) != status : !lua_isnil(L, -3)) ||
+            !(lua_isnil(L, -2) || lua_type(L, -2) == LUA_TTABLE) || !lua_isnil(L, -1))
+            abort();
+        if (lua_type(L, -2) == LUA_TTABLE)
+            b24_fuzz_check_normalized(L, -2, 0);
     }
     lua_settop(L, top);
     if (++runs % 256 == 0)

@@ -1,4 +1,4 @@
-/* libFuzzer target: the integer normalisation walk of src/envelope.c
+/* libFuzzer target: the integer normalisation walk of src/json.c
  * (normalize, static there, so the file is included whole) on Lua tables
  * built directly from the input (common.h), with floats cjson would never
  * produce: NaN, infinities, -0.0, 2^63, 1e308, and nesting up to cjson's
@@ -7,7 +7,7 @@
  * Checks: no crash, no Lua stack growth, and afterwards no float left
  * that is integral and fits a lua_Integer. */
 #include "common.h"
-#include "../src/envelope.c"
+#include "../src/json.c"
 
 static lua_State *L;
 

@@ -281,7 +281,7 @@ end
 -- refresh it changes), as the last key, so it wins over a stray "auth".
 -- Returns the body, or nil and why.
 local function json_body(self, method, params)
-  local ok, body = pcall(core.encode, params)
+  local ok, body = pcall(core.json_encode, params)
   if not ok then
     return nil, fail("%s: params cannot be sent as JSON: %s", method, tostring(body))
   end
@@ -293,7 +293,7 @@ end
 
 local function with_auth(body, token)
   if not token then return body end
-  local auth = '"auth":' .. core.encode(token)
+  local auth = '"auth":' .. core.json_encode(token)
   if body == "{}" then return "{" .. auth .. "}" end
   return body:sub(1, -2) .. "," .. auth .. "}"
 end
@@ -357,8 +357,11 @@ local function perform(self, method, body, safe)
     -- TIMEOUT). A request that is not safe to repeat is marked a write, so
     -- the transport never sends it twice on its own.
     local left = math.max(deadline - env.now(), 0.001)
-    local result, code, description, status, extra = http:call(url, with_auth(body, token), left, not safe)
-    if result then status, code = code, nil end
+    local result, status, code, description, extra = http:call(url, with_auth(body, token), left, not safe)
+    if not result then
+      local f = status
+      status, code, description, extra = f.status, f.code, f.description, f.envelope or f.location
+    end
     if opts.on_response then
       opts.on_response {
         method = method, duration = core.monotonic() - started, status = status,

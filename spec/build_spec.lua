@@ -78,6 +78,18 @@ describe("installation", function()
     end
   end)
 
+  it("the client rock's core is built from every C source of src/", function()
+    local cmd, err, status = support.run("make -C '" .. support.ROOT .. "' -n rock")
+    assert.equal(0, status, err)
+    local files = support.run("cd '" .. support.ROOT .. "' && ls src/*.c")
+    local n = 0
+    for file in files:gmatch("[^\n]+") do
+      assert.is_truthy(cmd:find(file, 1, true), "not built by make rock: " .. file)
+      n = n + 1
+    end
+    assert.is_true(n > 8, "found only " .. n .. " C files")
+  end)
+
   it("luarocks lint accepts every rockspec", function()
     for _, name in ipairs { "bitrix24-scm-1", "bitrix24-0.2.0-1", "bitrix24-fake-scm-1", "bitrix24-fake-0.2.0-1" } do
       local out, err, status = support.run("cd '" .. support.ROOT .. "' && luarocks --lua-version=5.4 lint rockspecs/"

@@ -247,6 +247,20 @@ describe("client:call", function()
     assert.not_matches(portal.code, s, 1, true)
     assert.matches("127.0.0.1", s, 1, true)
   end)
+
+  it("has the version of its C core, and its default User-Agent carries it", function()
+    local core = require "bitrix24.core"
+    assert.equal(bitrix24._VERSION, core._VERSION)
+    assert(client:call(ITEMS_GET, { id = 1 }))
+    -- core.http on its own (no user_agent option) sends the same one.
+    local h = core.http()
+    assert(h:call(portal.webhook_url .. ITEMS_GET, '{"id":1}'))
+    h:close()
+    local requests = portal:requests()
+    assert.equal(2, #requests)
+    assert.equal("bitrix24-lua/" .. core._VERSION, requests[1].user_agent)
+    assert.equal("bitrix24-lua/" .. core._VERSION, requests[2].user_agent)
+  end)
 end)
 
 describe("bitrix24.oauth", function()

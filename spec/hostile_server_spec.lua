@@ -111,6 +111,33 @@ describe("hostile servers, curl transport", function()
   end
 end)
 
+-- core.multi reads answers through the same buffer as handle:call
+-- (src/answer.c): the same cases end with the same codes. A client's
+-- deadline becomes the request's own timeout here.
+describe("hostile servers, core.multi", function()
+  local core = require "bitrix24.core"
+  local server, base
+
+  setup(function() server, base = start_server() end)
+  teardown(function() stop_server(server) end)
+
+  for _, c in ipairs(CASES) do
+    it(title(c), function()
+      local m = core.multi { timeout = c.opts.timeout, max_response = c.opts.max_response }
+      local started = socket.gettime()
+      local ticket = m:start(base .. "/" .. c.case .. "/rest/1/abcdef/crm.lead.contact.fields", "{}",
+        c.opts.deadline)
+      local got, result, status_or_failure
+      repeat got, result, status_or_failure = m:wait(c.bound + SLACK) until got or m:in_flight() == 0
+      local elapsed = socket.gettime() - started
+      m:close()
+      assert.equal(ticket, got, "no answer within the bound")
+      local failure = result == nil and status_or_failure or {}
+      check(c, result ~= nil, failure.code, failure.description, elapsed)
+    end)
+  end
+end)
+
 describe("the transport's per-call timeout", function()
   it("is refused unless a number of seconds, before anything is sent", function()
     local core = require "bitrix24.core"

@@ -149,10 +149,10 @@ group("query errors raised in C (batch)", 300, function(i)
   local ok, msg = pcall(client.batch, client, { a = { "crm.lead.list", bad_params[i % #bad_params + 1] } })
   return not ok and tostring(msg):find("cannot encode", 1, true) ~= nil, msg
 end)
-group("core.decode / core.json_decode on damaged answers", 500, function(i)
+group("core.envelope / core.json_decode on damaged answers", 500, function(i)
   local bodies = { "", "<html>", '{"result":', '{"error":{"code":1}}', '{"result":[1,2.5,1e400]}', "[]", '{"a":"\0"}' }
   local body = bodies[i % #bodies + 1]
-  core.decode(200 + i % 400, body)
+  core.envelope(200 + i % 400, body)
   core.json_decode(body)
   return true
 end)

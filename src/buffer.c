@@ -32,6 +32,7 @@ static int bufs_gc(lua_State *L)
 
 b24_buf *b24_bufs_new(lua_State *L, int n)
 {
+    int i;
     bufs *u = lua_newuserdata(L, sizeof(bufs) + (size_t)(n - 1) * sizeof(b24_buf));
     memset(u, 0, sizeof(bufs) + (size_t)(n - 1) * sizeof(b24_buf));
     u->n = n;
@@ -40,21 +41,24 @@ b24_buf *b24_bufs_new(lua_State *L, int n)
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
+    for (i = 0; i < n; i++)
+        b24_buf_add(L, &u->b[i], "", 0);
     return u->b;
 }
 
-void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
+int b24_buf_append(b24_buf *b, const char *s, size_t n)
 {
-    if (b->len + n + 1 > b->cap) {
+    if (n + 1 > b->cap - b->len || !b->p) {
         size_t cap = b->cap ? b->cap : 256;
         char *p;
-        while (cap < b->len + n + 1)
+        while (cap - b->len < n + 1) {
+            if (cap > (size_t)-1 / 2)
+                return 0;
             cap *= 2;
-        p = realloc(b->p, cap);
-        if (!p) {
-            luaL_error(L, "out of memory");
-            return; /* not reached: luaL_error does not return */
         }
+        p = realloc(b->p, cap);
+        if (!p)
+            return 0;
         b->p = p;
         b->cap = cap;
     }
@@ -62,6 +66,13 @@ void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
         memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
+    return 1;
+}
+
+void b24_buf_add(lua_State *L, b24_buf *b, const char *s, size_t n)
+{
+    if (!b24_buf_append(b, s, n))
+        luaL_error(L, "out of memory");
 }
 
 void b24_buf_truncate(b24_buf *b, size_t len)

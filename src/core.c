@@ -10,6 +10,7 @@
 #include "multi.h"
 #include "query.h"
 #include "system.h"
+#include "version.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_OK;
@@ -22,27 +23,13 @@ static void init_curl(void)
     curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
-static const luaL_Reg decoders[] = {
-    {"decode", b24_decode},
+static const luaL_Reg codecs[] = {
+    {"envelope", b24_envelope},
     {"json_decode", b24_json_decode},
+    {"json_encode", b24_json_encode},
     {"query", b24_query},
-    {"encode", b24_json_encode},
     {NULL, NULL}
 };
-
-/* Pushes the decode function of a private cjson instance, so the
- * caller's cjson settings (or ours) never leak either way. */
-static void push_cjson_decode(lua_State *L)
-{
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    lua_call(L, 1, 1);
-    lua_getfield(L, -1, "new");
-    lua_call(L, 0, 1);
-    lua_getfield(L, -1, "decode");
-    lua_replace(L, -3);
-    lua_pop(L, 1);
-}
 
 int luaopen_bitrix24_core(lua_State *L)
 {
@@ -52,10 +39,10 @@ int luaopen_bitrix24_core(lua_State *L)
                           curl_easy_strerror(curl_init_rc));
 
     lua_newtable(L);
-    push_cjson_decode(L);
+    b24_json_push_decoder(L);
     lua_pushvalue(L, -2);
     lua_pushvalue(L, -2);
-    b24_setfuncs(L, decoders, 1);
+    b24_setfuncs(L, codecs, 1);
     lua_pop(L, 1);
     /* Both registrations consume a decode function: a copy goes below
      * the module table for the second one. */
@@ -67,5 +54,7 @@ int luaopen_bitrix24_core(lua_State *L)
     b24_system_register(L);
     lua_pushstring(L, curl_version());
     lua_setfield(L, -2, "curl_version");
+    lua_pushliteral(L, B24_VERSION);
+    lua_setfield(L, -2, "_VERSION");
     return 1;
 }

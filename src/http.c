@@ -5,31 +5,26 @@
  * reachable from a C local: arguments are checked before any state is
  * touched, and the response buffer belongs to the userdata, so a raise
  * afterwards (out of memory in lua_pushlstring) leaks nothing. */
-#include <stdlib.h>
 #include <string.h>
 
 #include <curl/curl.h>
 
+#include "answer.h"
 #include "compat.h"
 #include "envelope.h"
+#include "failure.h"
 #include "http.h"
+#include "version.h"
 
 #define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
 #define MAX_RESPONSE_LIMIT (1024.0 * 1024 * 1024)
 #define MAX_SECONDS 86400
-/* All header lines of an answer, interim ones included: below libcurl's
- * own 300 KiB, so an answer with too many header bytes ends as
- * RESPONSE_TOO_LARGE here, as it does on the nginx transport. */
-#define MAX_HEADER_BYTES (256 * 1024)
 
 typedef struct {
     CURL *curl;
     struct curl_slist *headers;
-    char *buf;
-    size_t len, cap, max;
-    size_t header_len;   /* header bytes of the current answer */
+    b24_answer answer;
     long timeout_ms;     /* the handle's own timeout (a call may pass a shorter one) */
-    int too_large;
     char errbuf[CURL_ERROR_SIZE];
 } b24_http;
 
@@ -44,52 +39,7 @@ static void http_cleanup(b24_http *h)
         curl_slist_free_all(h->headers);
         h->headers = NULL;
     }
-    free(h->buf);
-    h->buf = NULL;
-    h->len = h->cap = 0;
-}
-
-/* Appends to the userdata's buffer: no Lua calls here, since a raise
- * inside a libcurl callback would longjmp over libcurl's frames. */
-static size_t on_body(char *data, size_t size, size_t n, void *ud)
-{
-    b24_http *h = ud;
-    size_t add = size * n;
-
-    /* header_len + len <= max always holds: no underflow */
-    if (add > h->max - h->header_len - h->len) {
-        h->too_large = 1;
-        return 0;
-    }
-    if (h->len + add > h->cap) {
-        size_t cap = h->cap ? h->cap : 16384;
-        char *p;
-        while (cap < h->len + add)
-            cap *= 2;
-        p = realloc(h->buf, cap);
-        if (!p)
-            return 0;
-        h->buf = p;
-        h->cap = cap;
-    }
-    memcpy(h->buf + h->len, data, add);
-    h->len += add;
-    return add;
-}
-
-/* Header bytes count towards max_response, as on the nginx transport. */
-static size_t on_header(char *data, size_t size, size_t n, void *ud)
-{
-    b24_http *h = ud;
-    size_t add = size * n;
-
-    (void)data;
-    if (add > MAX_HEADER_BYTES - h->header_len || add > h->max - h->header_len - h->len) {
-        h->too_large = 1;
-        return 0;
-    }
-    h->header_len += add;
-    return add;
+    b24_answer_free(&h->answer);
 }
 
 static b24_http *check_http(lua_State *L)
@@ -113,11 +63,30 @@ static long opt_ms(lua_State *L, int t, const char *key, double dflt)
     else
         s = lua_tonumber(L, -1);
     lua_pop(L, 1);
+    return b24_ms(s);
+}
+
+long b24_ms(double s)
+{
     /* libcurl reads 0 ms as "no timeout at all": a positive timeout
      * below half a millisecond must not round down to that. */
     if (s * 1000.0 < 1.0)
         return 1;
     return (long)(s * 1000.0 + 0.5);
+}
+
+long b24_http_call_timeout(lua_State *L, int i, long handle_ms)
+{
+    double s;
+    long ms;
+
+    if (lua_isnoneornil(L, i))
+        return handle_ms;
+    s = luaL_checknumber(L, i);
+    luaL_argcheck(L, s > 0 && s <= MAX_SECONDS, i,
+                  "timeout must be a number of seconds in (0, 86400]");
+    ms = b24_ms(s);
+    return ms < handle_ms ? ms : handle_ms;
 }
 
 /* Leaves the string (or nil) on the stack so the pointer stays valid. */
@@ -133,9 +102,16 @@ static const char *opt_str(lua_State *L, int t, const char *key)
 
 /* Reads the options every easy handle of a client shares (see http.h).
  * Raises on a bad option before the caller allocates anything. */
-void b24_http_read_opts(lua_State *L, int t, b24_easy_opts *o)
+void b24_http_read_opts(lua_State *L, b24_easy_opts *o)
 {
+    const int t = 1;
     double max;
+
+    if (lua_isnoneornil(L, t)) {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    luaL_checktype(L, t, LUA_TTABLE);
 
     o->timeout_ms = opt_ms(L, t, "timeout", 60);
     o->connect_ms = opt_ms(L, t, "connect_timeout", 10);
@@ -181,7 +157,7 @@ CURLcode b24_http_apply_opts(CURL *curl, const b24_easy_opts *o)
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_TIMEOUT_MS, o->timeout_ms);
     SET(CURLOPT_CONNECTTIMEOUT_MS, o->connect_ms);
-    SET(CURLOPT_USERAGENT, o->ua ? o->ua : "bitrix24-lua");
+    SET(CURLOPT_USERAGENT, o->ua ? o->ua : "bitrix24-lua/" B24_VERSION);
     SET(CURLOPT_ACCEPT_ENCODING, "");
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     /* One connection per client: a write's fresh connection (see perform)
@@ -215,16 +191,11 @@ static int http_new(lua_State *L)
     b24_http *h;
     CURLcode rc = CURLE_OK;
 
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
-    luaL_checktype(L, 1, LUA_TTABLE);
-    b24_http_read_opts(L, 1, &o);
+    b24_http_read_opts(L, &o);
 
     h = lua_newuserdata(L, sizeof *h);
     memset(h, 0, sizeof *h);
-    h->max = o.max;
+    h->answer.max = o.max;
     h->timeout_ms = o.timeout_ms;
     luaL_getmetatable(L, B24_HTTP_MT);
     lua_setmetatable(L, -2);
@@ -238,11 +209,9 @@ static int http_new(lua_State *L)
 
 #define SET(opt, val) if (rc == CURLE_OK) rc = curl_easy_setopt(h->curl, opt, val)
     SET(CURLOPT_ERRORBUFFER, h->errbuf);
-    SET(CURLOPT_WRITEFUNCTION, on_body);
-    SET(CURLOPT_WRITEDATA, h);
-    SET(CURLOPT_HEADERFUNCTION, on_header);
-    SET(CURLOPT_HEADERDATA, h);
 #undef SET
+    if (rc == CURLE_OK)
+        rc = b24_answer_attach(h->curl, &h->answer);
     if (rc == CURLE_OK)
         rc = b24_http_apply_opts(h->curl, &o);
     if (rc != CURLE_OK)
@@ -269,21 +238,20 @@ static const char *failure_code(CURLcode rc, int too_large)
     }
 }
 
-/* Pushes (nil, code, description) for a transfer that failed. */
-void b24_http_push_failure(lua_State *L, CURLcode rc, int too_large,
-                           size_t max, const char *errbuf)
+/* Pushes (nil, failure) for a transfer that failed. */
+int b24_http_push_failure(lua_State *L, CURLcode rc, const b24_answer *a,
+                          const char *errbuf)
 {
-    lua_pushnil(L);
-    lua_pushstring(L, failure_code(rc, too_large));
-    if (too_large)
+    if (a->too_large)
         lua_pushfstring(L, "the answer is larger than max_response (%d bytes)",
-                        (int)max);
+                        (int)a->max);
     else
         lua_pushstring(L, errbuf[0] ? errbuf : curl_easy_strerror(rc));
+    return b24_failure_push(L, failure_code(rc, a->too_large), lua_gettop(L), 0, 0, NULL);
 }
 
 /* Performs one request within timeout_ms; body == NULL means GET. On failure pushes
- * (nil, code, description) and returns 0.
+ * (nil, failure) and returns 0.
  *
  * is_write: the request is not safe to repeat. libcurl sends a request again,
  * on a new connection, when a reused keep-alive connection closes before
@@ -299,9 +267,7 @@ static int perform(lua_State *L, b24_http *h, const char *url, const char *body,
 
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(h->curl, CURLOPT_TIMEOUT_MS, timeout_ms);
-    h->len = 0;
-    h->header_len = 0;
-    h->too_large = 0;
+    b24_answer_start(&h->answer);
     h->errbuf[0] = '\0';
     if (rc == CURLE_OK && body) {
         rc = curl_easy_setopt(h->curl, CURLOPT_HTTPHEADER, h->headers);
@@ -325,42 +291,21 @@ static int perform(lua_State *L, b24_http *h, const char *url, const char *body,
     if (rc == CURLE_OK)
         return 1;
 
-    b24_http_push_failure(L, rc, h->too_large, h->max, h->errbuf);
+    b24_http_push_failure(L, rc, &h->answer, h->errbuf);
     return 0;
 }
 
 int b24_http_push_redirect(lua_State *L, CURL *curl, long status)
 {
     char *location = NULL;
-    curl_easy_getinfo(curl, CURLINFO_REDIRECT_URL, &location);
-    lua_pushnil(L);
-    lua_pushstring(L, B24_E_MOVED);
+    if (curl_easy_getinfo(curl, CURLINFO_REDIRECT_URL, &location) != CURLE_OK)
+        location = NULL;
     lua_pushfstring(L, "HTTP %d redirect", (int)status);
-    lua_pushinteger(L, (lua_Integer)status);
-    if (location)
-        lua_pushstring(L, location);
-    else
-        lua_pushnil(L);
-    return 5;
-}
-
-/* The answer buffer is kept between calls so small answers need no
- * allocation; one grown past this for a large answer is given back once
- * that answer is in Lua, instead of staying (up to max_response) until
- * close. */
-#define KEEP_BUFFER ((size_t)1024 * 1024)
-
-static void release_large(b24_http *h)
-{
-    if (h->cap > KEEP_BUFFER) {
-        free(h->buf);
-        h->buf = NULL;
-        h->len = h->cap = 0;
-    }
+    return b24_failure_push(L, B24_E_MOVED, lua_gettop(L), status, 0, location);
 }
 
 /* handle:call(url, json_body [, timeout [, write]]) -> envelope, status
- *   | nil, code, description, status, envelope-or-location
+ *   | nil, failure (failure.h)
  * timeout: seconds for this call (the caller's deadline may leave less
  * than the handle's timeout); never more than the handle's timeout.
  * write: true when the request must not be sent twice (see perform).
@@ -372,31 +317,25 @@ static int call_answer(lua_State *L, b24_http *h)
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_checklstring(L, 3, &len);
     int is_write = lua_toboolean(L, CALL_WRITE_ARG);
-    long timeout_ms = h->timeout_ms, status = 0;
+    long timeout_ms = b24_http_call_timeout(L, 4, h->timeout_ms), status = 0;
 
-    if (!lua_isnoneornil(L, 4)) {
-        double s = luaL_checknumber(L, 4);
-        luaL_argcheck(L, s > 0 && s <= MAX_SECONDS, 4, "timeout must be a number of seconds in (0, 86400]");
-        /* below 1 ms would round to libcurl's 0: "no timeout at all" */
-        if (s * 1000.0 < (double)timeout_ms)
-            timeout_ms = s * 1000.0 < 1.0 ? 1 : (long)(s * 1000.0 + 0.5);
-    }
     if (!perform(L, h, url, body, len, is_write, timeout_ms, &status))
-        return 3;
+        return 2;
     if (status >= 300 && status < 400)
         return b24_http_push_redirect(L, h->curl, status);
-    return b24_envelope_push(L, lua_upvalueindex(1), status, h->buf, h->len);
+    return b24_envelope_push(L, lua_upvalueindex(1), status, h->answer.body.p,
+                             h->answer.body.len);
 }
 
 static int http_call(lua_State *L)
 {
     b24_http *h = check_http(L);
     int n = call_answer(L, h);
-    release_large(h);
+    b24_answer_release(&h->answer);
     return n;
 }
 
-/* handle:request(url [, body]) -> status, body | nil, code, description
+/* handle:request(url [, body]) -> status, body | nil, failure
  * For answers that are not REST envelopes (the OAuth token endpoint).
  * Always on a fresh connection: a token request that libcurl re-sent on
  * its own would present a refresh token the first one already rotated,
@@ -409,9 +348,9 @@ static int request_answer(lua_State *L, b24_http *h)
     long status = 0;
 
     if (!perform(L, h, url, body, len, 1, h->timeout_ms, &status))
-        return 3;
+        return 2;
     lua_pushinteger(L, (lua_Integer)status);
-    lua_pushlstring(L, h->buf ? h->buf : "", h->len);
+    lua_pushlstring(L, h->answer.body.p ? h->answer.body.p : "", h->answer.body.len);
     return 2;
 }
 
@@ -419,7 +358,7 @@ static int http_request(lua_State *L)
 {
     b24_http *h = check_http(L);
     int n = request_answer(L, h);
-    release_large(h);
+    b24_answer_release(&h->answer);
     return n;
 }
 
@@ -455,17 +394,21 @@ static const luaL_Reg functions[] = {
     {NULL, NULL}
 };
 
-/* Expects the module table and cjson's decode function on the top of
- * the stack (decode on top); consumes the decode function. */
-void b24_http_register(lua_State *L)
+void b24_register_handle(lua_State *L, const char *mt, const luaL_Reg *meta,
+                         const luaL_Reg *index, const luaL_Reg *module)
 {
-    luaL_newmetatable(L, B24_HTTP_MT);
+    luaL_newmetatable(L, mt);
     lua_pushvalue(L, -2);
-    b24_setfuncs(L, metamethods, 1);
+    b24_setfuncs(L, meta, 1);
     lua_newtable(L);
     lua_pushvalue(L, -3);
-    b24_setfuncs(L, methods, 1);
+    b24_setfuncs(L, index, 1);
     lua_setfield(L, -2, "__index");
     lua_pop(L, 1);
-    b24_setfuncs(L, functions, 1);
+    b24_setfuncs(L, module, 1);
+}
+
+void b24_http_register(lua_State *L)
+{
+    b24_register_handle(L, B24_HTTP_MT, metamethods, methods, functions);
 }

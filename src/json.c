@@ -1,4 +1,5 @@
-/* Lua params -> the JSON body of a request.
+/* JSON both ways (see json.h). Encoding: Lua params -> the JSON body of
+ * a request. Decoding: cjson's decode, then integers made integers.
  *
  * Debian's lua-cjson 2.1.0 writes numbers with at most 14 significant
  * digits, so an id like 123456789012345 would leave as
@@ -21,16 +22,10 @@
 #define MAX_DEPTH 32
 
 typedef struct {
-    b24_buf out, path;
+    b24_buf *out, *path;   /* the two buffers of one userdata */
 } bufs;
 
 #define add b24_buf_add
-
-static int fail(lua_State *L, bufs *b, const char *what)
-{
-    return luaL_error(L, "cannot encode %s at %s", what,
-                      b->path.len ? b->path.p : "the top level");
-}
 
 /* Length of the UTF-8 sequence starting at s (at most n bytes), or 0. */
 static size_t utf8_len(const unsigned char *s, size_t n)
@@ -66,7 +61,7 @@ static void add_string(lua_State *L, bufs *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     size_t i = 0, run = 0;
-    add(L, &b->out, "\"", 1);
+    add(L, b->out, "\"", 1);
     while (i < n) {
         unsigned char c = (unsigned char)s[i];
         const char *esc = NULL;
@@ -88,22 +83,22 @@ static void add_string(lua_State *L, bufs *b, const char *s, size_t n)
         } else if (c >= 0x80) {
             len = utf8_len((const unsigned char *)s + i, n - i);
             if (!len)
-                fail(L, b, "a string that is not UTF-8");
+                b24_encode_fail(L, b->path, "a string that is not UTF-8");
         }
         if (esc || c < 0x20) {
-            add(L, &b->out, s + i - run, run);
+            add(L, b->out, s + i - run, run);
             run = 0;
             if (esc)
-                add(L, &b->out, esc, strlen(esc));
+                add(L, b->out, esc, strlen(esc));
             else
-                add(L, &b->out, u, 6);
+                add(L, b->out, u, 6);
         } else {
             run += len;
         }
         i += len;
     }
-    add(L, &b->out, s + n - run, run);
-    add(L, &b->out, "\"", 1);
+    add(L, b->out, s + n - run, run);
+    add(L, b->out, "\"", 1);
 }
 
 static void add_number(lua_State *L, bufs *b, int idx)
@@ -111,8 +106,8 @@ static void add_number(lua_State *L, bufs *b, int idx)
     char num[64];
     size_t n = b24_format_number(L, idx, num, sizeof num);
     if (!n)
-        fail(L, b, "a NaN or infinite number");
-    add(L, &b->out, num, n);
+        b24_encode_fail(L, b->path, "a NaN or infinite number");
+    add(L, b->out, num, n);
 }
 
 static void encode_value(lua_State *L, bufs *b, int depth);
@@ -123,64 +118,51 @@ static void push_path(lua_State *L, bufs *b, int array_index)
     if (array_index) {
         char num[32];
         int n = snprintf(num, sizeof num, "[%d]", array_index);
-        add(L, &b->path, num, (size_t)n);
+        add(L, b->path, num, (size_t)n);
     } else {
         size_t n;
         const char *k;
-        if (b->path.len)
-            add(L, &b->path, ".", 1);
+        if (b->path->len)
+            add(L, b->path, ".", 1);
         lua_pushvalue(L, -2);
         k = lua_tolstring(L, -1, &n);
-        add(L, &b->path, k, n);
+        add(L, b->path, k, n);
         lua_pop(L, 1);
     }
-}
-
-/* Only plain tables are sent: the checks in Lua read through __index
- * (and pairs through __pairs) while the encoder reads raw keys, so a
- * metatable could make what was checked differ from what is sent. A key
- * sent twice under one name is refused for the same reason. */
-static void check_plain(lua_State *L, bufs *b, int t)
-{
-    if (lua_getmetatable(L, t))
-        fail(L, b, "a table with a metatable");
-    if (b24_key_clash(L, t))
-        fail(L, b, lua_pushfstring(L, "two keys written \"%s\"",
-                                   lua_tostring(L, -1)));
 }
 
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
     int t = lua_gettop(L);
-    size_t mark = b->path.len;
+    size_t mark = b->path->len;
 
     if (depth > MAX_DEPTH)
-        fail(L, b, "a table nested too deep (a cycle?)");
+        b24_encode_fail(L, b->path, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 6))
-        fail(L, b, "a table nested too deep");
-    check_plain(L, b, t);
+        b24_encode_fail(L, b->path, "a table nested too deep");
+    b24_check_plain(L, b->path, t);
     if (b24_is_sequence(L, t) && (b24_rawlen(L, t) > 0 || depth > 0)) {
         size_t i, n = b24_rawlen(L, t);
-        add(L, &b->out, "[", 1);
+        add(L, b->out, "[", 1);
         for (i = 1; i <= n; i++) {
             if (i > 1)
-                add(L, &b->out, ",", 1);
+                add(L, b->out, ",", 1);
             lua_rawgeti(L, t, (int)i);
             push_path(L, b, (int)i);
             encode_value(L, b, depth + 1);
-            b24_buf_truncate(&b->path, mark);
+            b24_buf_truncate(b->path, mark);
         }
-        add(L, &b->out, "]", 1);
+        add(L, b->out, "]", 1);
     } else {
         int first = 1;
-        add(L, &b->out, "{", 1);
+        add(L, b->out, "{", 1);
         lua_pushnil(L);
         while (lua_next(L, t)) {
             int kt = lua_type(L, -2);
             if (kt != LUA_TSTRING && kt != LUA_TNUMBER)
-                fail(L, b, "a key that is not a string or a number");
+                b24_encode_fail(L, b->path, "a key that is not a string or a number");
             if (!first)
-                add(L, &b->out, ",", 1);
+                add(L, b->out, ",", 1);
             first = 0;
             if (kt == LUA_TSTRING) {
                 size_t n;
@@ -190,17 +172,17 @@ static void encode_table(lua_State *L, bufs *b, int depth)
                 /* Number keys become strings without touching the key
                  * itself: lua_tolstring on it would confuse lua_next. */
                 lua_pushvalue(L, -2);
-                add(L, &b->out, "\"", 1);
+                add(L, b->out, "\"", 1);
                 add_number(L, b, -1);
-                add(L, &b->out, "\"", 1);
+                add(L, b->out, "\"", 1);
                 lua_pop(L, 1);
             }
-            add(L, &b->out, ":", 1);
+            add(L, b->out, ":", 1);
             push_path(L, b, 0);
             encode_value(L, b, depth + 1);
-            b24_buf_truncate(&b->path, mark);
+            b24_buf_truncate(b->path, mark);
         }
-        add(L, &b->out, "}", 1);
+        add(L, b->out, "}", 1);
     }
     lua_pop(L, 1);
 }
@@ -224,37 +206,122 @@ static void encode_value(lua_State *L, bufs *b, int depth)
         break;
     case LUA_TBOOLEAN:
         if (lua_toboolean(L, -1))
-            add(L, &b->out, "true", 4);
+            add(L, b->out, "true", 4);
         else
-            add(L, &b->out, "false", 5);
+            add(L, b->out, "false", 5);
         break;
     case LUA_TLIGHTUSERDATA:
         /* cjson.null */
         if (lua_touserdata(L, -1) == NULL) {
-            add(L, &b->out, "null", 4);
+            add(L, b->out, "null", 4);
             break;
         }
         /* fall through */
     default:
-        fail(L, b, luaL_typename(L, -1));
+        b24_encode_fail(L, b->path, luaL_typename(L, -1));
     }
     lua_pop(L, 1);
 }
 
-/* core.encode(value) -> JSON text; raises naming the key of what
+/* core.json_encode(value) -> JSON text; raises naming the key of what
  * cannot be encoded. */
 int b24_json_encode(lua_State *L)
 {
-    bufs *b;
+    b24_buf *owned;
+    bufs bs, *b = &bs;
     luaL_checkany(L, 1);
     lua_settop(L, 1);
-    /* Two consecutive b24_buf, laid out like bufs. */
-    b = (bufs *)b24_bufs_new(L, 2);
-    add(L, &b->out, "", 0);
-    add(L, &b->path, "", 0);
+    owned = b24_bufs_new(L, 2);
+    b->out = &owned[0];
+    b->path = &owned[1];
     lua_pushvalue(L, 1);
     encode_value(L, b, 0);
-    lua_pushlstring(L, b->out.p, b->out.len);
-    b24_bufs_free(&b->out, 2);
+    lua_pushlstring(L, b->out->p, b->out->len);
+    b24_bufs_free(owned, 2);
     return 1;
+}
+
+/* ------------------------------------------------------------ decoding */
+
+#if B24_HAS_INTEGERS
+/* Debian's lua-cjson 2.1.0 pushes every number as a float. Walk the
+ * decoded tree and store integral floats back as integers, so ids and
+ * counts compare and format as the integers they were in the JSON.
+ * Depth is bounded by cjson's own nesting limit; lua_checkstack guards
+ * the C stack of Lua values anyway instead of raising. */
+static void normalize(lua_State *L)
+{
+    if (!lua_checkstack(L, 4))
+        return;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        int type = lua_type(L, -1);
+        if (type == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+            lua_Number n = lua_tonumber(L, -1);
+            lua_Integer i;
+            if (lua_numbertointeger(n, &i) && (lua_Number)i == n) {
+                lua_pop(L, 1);
+                lua_pushvalue(L, -1);
+                lua_pushinteger(L, i);
+                /* Assigning to an existing key is allowed during lua_next. */
+                lua_rawset(L, -4);
+                continue;
+            }
+        } else if (type == LUA_TTABLE) {
+            normalize(L);
+        }
+        lua_pop(L, 1);
+    }
+}
+#else
+#define normalize(L) ((void)0)
+#endif
+
+/* A private cjson instance, so the caller's cjson settings (or ours)
+ * never leak either way. */
+void b24_json_push_decoder(lua_State *L)
+{
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "new");
+    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "decode");
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+/* cjson raises on bad JSON, and a raise must not unwind through our
+ * caller (which may hold curl state): protected mode. */
+int b24_json_parse(lua_State *L, int decode_idx, const char *text, size_t len)
+{
+    lua_pushvalue(L, decode_idx);
+    lua_pushlstring(L, text, len);
+    if (lua_pcall(L, 1, 1, 0) != 0)
+        return 0;
+    if (lua_type(L, -1) == LUA_TTABLE)
+        normalize(L);
+#if B24_HAS_INTEGERS
+    else if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+        lua_Integer i;
+        lua_Number n = lua_tonumber(L, -1);
+        if (lua_numbertointeger(n, &i) && (lua_Number)i == n) {
+            lua_pop(L, 1);
+            lua_pushinteger(L, i);
+        }
+    }
+#endif
+    return 1;
+}
+
+/* core.json_decode(text): JSON with integers kept integers, or nil, err. */
+int b24_json_decode(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    if (b24_json_parse(L, lua_upvalueindex(1), text, len))
+        return 1;
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
 }

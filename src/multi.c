@@ -6,7 +6,9 @@
  * both): handle:call stays the simple blocking path, and this file only
  * adds the queueing. Every easy handle is a copy of one template set up
  * with the same options and headers as handle:call (http.h), and answers
- * are decoded by the same code, so results are identical.
+ * are read through the same buffer (answer.c: max_response counts header
+ * bytes, large buffers are given back) and decoded by the same code, so
+ * results are identical.
  *
  * The rules of http.c hold here too: nothing raises while libcurl runs,
  * arguments are checked before any state changes, and every buffer
@@ -15,12 +17,12 @@
 #define _POSIX_C_SOURCE 200809L
 
 #include <limits.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include <curl/curl.h>
 
+#include "answer.h"
 #include "compat.h"
 #include "envelope.h"
 #include "http.h"
@@ -41,9 +43,7 @@ typedef struct {
     unsigned long done_seq; /* order in which DONE slots are handed out */
     CURLcode rc;
     long status;
-    char *buf;
-    size_t len, cap, max;
-    int too_large;
+    b24_answer answer;
     char errbuf[CURL_ERROR_SIZE];
 } slot;
 
@@ -74,9 +74,7 @@ static void multi_cleanup(b24_multi *m)
             s->curl = NULL;
         }
         s->state = SLOT_IDLE;
-        free(s->buf);
-        s->buf = NULL;
-        s->len = s->cap = 0;
+        b24_answer_free(&s->answer);
     }
     m->created = m->in_flight = 0;
     if (m->multi) {
@@ -91,33 +89,6 @@ static void multi_cleanup(b24_multi *m)
         curl_slist_free_all(m->headers);
         m->headers = NULL;
     }
-}
-
-/* Appends to the slot's buffer (the same rules as http.c's on_body: no
- * Lua calls, a raise here would longjmp over libcurl's frames). */
-static size_t on_body(char *data, size_t size, size_t n, void *ud)
-{
-    slot *s = ud;
-    size_t add = size * n;
-
-    if (add > s->max - s->len) {
-        s->too_large = 1;
-        return 0;
-    }
-    if (s->len + add > s->cap) {
-        size_t cap = s->cap ? s->cap : 16384;
-        char *p;
-        while (cap < s->len + add)
-            cap *= 2;
-        p = realloc(s->buf, cap);
-        if (!p)
-            return 0;
-        s->buf = p;
-        s->cap = cap;
-    }
-    memcpy(s->buf + s->len, data, add);
-    s->len += add;
-    return add;
 }
 
 static b24_multi *check_multi(lua_State *L)
@@ -135,13 +106,11 @@ static double monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* Seconds in (0, MAX_SECONDS] at index i, or raises naming the argument. */
-static double check_seconds(lua_State *L, int i, int zero_ok)
+/* wait's seconds: in [0, MAX_SECONDS] (0: just look), or raises. */
+static double check_wait(lua_State *L, int i)
 {
     double s = (double)luaL_checknumber(L, i);
-    if (!(zero_ok ? s >= 0 : s > 0) || s > MAX_SECONDS)
-        luaL_argerror(L, i, zero_ok ? "seconds must be in [0, 86400]"
-                                    : "timeout must be a number of seconds in (0, 86400]");
+    luaL_argcheck(L, s >= 0 && s <= MAX_SECONDS, i, "seconds must be in [0, 86400]");
     return s;
 }
 
@@ -155,12 +124,7 @@ static int multi_new(lua_State *L)
     b24_multi *m;
     CURLcode rc = CURLE_OK;
 
-    if (lua_isnoneornil(L, 1)) {
-        lua_settop(L, 0);
-        lua_newtable(L);
-    }
-    luaL_checktype(L, 1, LUA_TTABLE);
-    b24_http_read_opts(L, 1, &o);
+    b24_http_read_opts(L, &o);
     lua_getfield(L, 1, "parallel");
     if (!lua_isnil(L, -1)) {
         parallel = lua_type(L, -1) == LUA_TNUMBER ? (double)lua_tonumber(L, -1) : 0;
@@ -185,8 +149,6 @@ static int multi_new(lua_State *L)
     rc = b24_http_apply_opts(m->tmpl, &o);
     if (rc == CURLE_OK)
         rc = curl_easy_setopt(m->tmpl, CURLOPT_HTTPHEADER, m->headers);
-    if (rc == CURLE_OK)
-        rc = curl_easy_setopt(m->tmpl, CURLOPT_WRITEFUNCTION, on_body);
     if (rc != CURLE_OK)
         return luaL_error(L, "curl option: %s", curl_easy_strerror(rc));
     /* Keep one idle connection per easy handle: libcurl's default (four
@@ -216,18 +178,19 @@ static slot *idle_slot(lua_State *L, b24_multi *m)
         luaL_error(L, "out of memory");
     rc = curl_easy_setopt(s->curl, CURLOPT_ERRORBUFFER, s->errbuf);
     if (rc == CURLE_OK)
-        rc = curl_easy_setopt(s->curl, CURLOPT_WRITEDATA, s);
+        rc = b24_answer_attach(s->curl, &s->answer);
     if (rc != CURLE_OK) {
         curl_easy_cleanup(s->curl);
         s->curl = NULL;
         luaL_error(L, "curl option: %s", curl_easy_strerror(rc));
     }
-    s->max = m->max;
+    s->answer.max = m->max;
     m->created++;
     return s;
 }
 
 /* multi:start(url, json_body [, timeout [, fresh]]) -> ticket
+ * timeout: seconds for this request, never more than the pool's own.
  * Queues one POST; libcurl sends it during wait(). fresh = true opens a
  * new connection, so libcurl never re-sends the request on a reused
  * connection that turned out dead (writes must not be sent twice). */
@@ -237,17 +200,12 @@ static int multi_start(lua_State *L)
     size_t len;
     const char *url = luaL_checkstring(L, 2);
     const char *body = luaL_checklstring(L, 3, &len);
-    long timeout_ms = m->timeout_ms;
+    long timeout_ms = b24_http_call_timeout(L, 4, m->timeout_ms);
     int fresh;
     slot *s;
     CURLcode rc;
     CURLMcode mrc;
 
-    if (!lua_isnoneornil(L, 4)) {
-        double t = check_seconds(L, 4, 0);
-        /* libcurl reads 0 ms as "no timeout at all". */
-        timeout_ms = t * 1000.0 < 1.0 ? 1 : (long)(t * 1000.0 + 0.5);
-    }
     if (!lua_isnoneornil(L, 5))
         luaL_checktype(L, 5, LUA_TBOOLEAN);
     fresh = lua_toboolean(L, 5);
@@ -267,8 +225,7 @@ static int multi_start(lua_State *L)
         rc = curl_easy_setopt(s->curl, CURLOPT_FRESH_CONNECT, fresh ? 1L : 0L);
     if (rc != CURLE_OK)
         return luaL_error(L, "curl option: %s", curl_easy_strerror(rc));
-    s->len = 0;
-    s->too_large = 0;
+    b24_answer_start(&s->answer);
     s->errbuf[0] = '\0';
     mrc = curl_multi_add_handle(m->multi, s->curl);
     if (mrc != CURLM_OK)
@@ -350,14 +307,15 @@ static slot *next_done(lua_State *L, b24_multi *m, double deadline)
     return s;
 }
 
-/* multi:wait(seconds) -> ticket, <what handle:call returns>, or nothing
+/* multi:wait(seconds) -> ticket, envelope, status | ticket, nil, failure,
+ * or nothing
  * when no request finished within seconds (0: just look). Returns at
  * once, with nothing, when no request is in flight. Finished requests
  * come out one per call, in the order they finished. */
 static int multi_wait(lua_State *L)
 {
     b24_multi *m = check_multi(L);
-    double deadline = monotonic() + (lua_isnoneornil(L, 2) ? 0 : check_seconds(L, 2, 1));
+    double deadline = monotonic() + (lua_isnoneornil(L, 2) ? 0 : check_wait(L, 2));
     slot *s = next_done(L, m, deadline);
     int n;
 
@@ -365,17 +323,19 @@ static int multi_wait(lua_State *L)
         return 0;
     /* Back to the pool before pushing: a raise while pushing (out of
      * memory) then loses this answer but leaves the pool consistent; the
-     * buffer stays the userdata's until the slot's next request. */
+     * buffer stays the userdata's until the slot's next request (or is
+     * given back below when it grew large). */
     s->state = SLOT_IDLE;
     m->in_flight--;
     if (s->rc != CURLE_OK) {
-        b24_http_push_failure(L, s->rc, s->too_large, s->max, s->errbuf);
-        n = 3;
+        n = b24_http_push_failure(L, s->rc, &s->answer, s->errbuf);
     } else if (s->status >= 300 && s->status < 400) {
         n = b24_http_push_redirect(L, s->curl, s->status);
     } else {
-        n = b24_envelope_push(L, lua_upvalueindex(1), s->status, s->buf, s->len);
+        n = b24_envelope_push(L, lua_upvalueindex(1), s->status, s->answer.body.p,
+                              s->answer.body.len);
     }
+    b24_answer_release(&s->answer);
     /* The results are the top n values (the decoder leaves its work
      * below them): the ticket goes under them. */
     lua_pushinteger(L, s->ticket);
@@ -459,13 +419,5 @@ static const luaL_Reg functions[] = {
 
 void b24_multi_register(lua_State *L)
 {
-    luaL_newmetatable(L, B24_MULTI_MT);
-    lua_pushvalue(L, -2);
-    b24_setfuncs(L, metamethods, 1);
-    lua_newtable(L);
-    lua_pushvalue(L, -3);
-    b24_setfuncs(L, methods, 1);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
-    b24_setfuncs(L, functions, 1);
+    b24_register_handle(L, B24_MULTI_MT, metamethods, methods, functions);
 }

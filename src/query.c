@@ -24,7 +24,7 @@
 
 /* The output and the key of the value being written ("fields[X]"). */
 typedef struct {
-    b24_buf out, key;
+    b24_buf *out, *key;   /* the two buffers of one userdata */
 } bufs;
 
 #define add b24_buf_add
@@ -71,23 +71,17 @@ static int is_reference(const char *s, size_t n)
     return 1;
 }
 
-/* Appends "key=" then the value; the key is b->key. */
+/* Appends "key=" then the value; the key is b->key-> */
 static void add_pair(lua_State *L, bufs *b, const char *v, size_t n, int raw)
 {
-    if (b->out.len)
-        add(L, &b->out, "&", 1);
-    add(L, &b->out, b->key.p, b->key.len);
-    add(L, &b->out, "=", 1);
+    if (b->out->len)
+        add(L, b->out, "&", 1);
+    add(L, b->out, b->key->p, b->key->len);
+    add(L, b->out, "=", 1);
     if (raw)
-        add(L, &b->out, v, n);
+        add(L, b->out, v, n);
     else
-        add_escaped(L, &b->out, v, n);
-}
-
-static int fail(lua_State *L, bufs *b, const char *what)
-{
-    return luaL_error(L, "cannot encode %s at %s", what,
-                      b->key.len ? b->key.p : "the top level");
+        add_escaped(L, b->out, v, n);
 }
 
 static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
@@ -95,7 +89,7 @@ static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
 {
     size_t n = b24_format_number(L, idx, out, size);
     if (!n)
-        fail(L, b, "a NaN or infinite number");
+        b24_encode_fail(L, b->key, "a NaN or infinite number");
     return n;
 }
 
@@ -105,14 +99,14 @@ static void encode_value(lua_State *L, bufs *b, int depth);
 static void encode_child(lua_State *L, bufs *b, const char *k, size_t kn,
                          int depth)
 {
-    size_t mark = b->key.len;
+    size_t mark = b->key->len;
     if (depth > 0)
-        add(L, &b->key, "[", 1);
-    add_escaped(L, &b->key, k, kn);
+        add(L, b->key, "[", 1);
+    add_escaped(L, b->key, k, kn);
     if (depth > 0)
-        add(L, &b->key, "]", 1);
+        add(L, b->key, "]", 1);
     encode_value(L, b, depth + 1);
-    b24_buf_truncate(&b->key, mark);
+    b24_buf_truncate(b->key, mark);
 }
 
 /* A key as text (with its length: a Lua string may hold NUL bytes) and
@@ -132,7 +126,7 @@ static int compare_keys(const void *x, const void *y)
     if (c)
         return c;
     if (a->len == b->len)
-        return 0; /* cannot happen: check_plain refused "1" beside 1 */
+        return 0; /* cannot happen: b24_check_plain refused "1" beside 1 */
     return a->len < b->len ? -1 : 1;
 }
 
@@ -163,7 +157,7 @@ static sort_key *sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
         } else if (lua_type(L, -1) == LUA_TSTRING) {
             lua_pushvalue(L, -1);
         } else {
-            fail(L, b, "a key that is not a string or a number");
+            b24_encode_fail(L, b->key, "a key that is not a string or a number");
         }
         keys[i].s = lua_tolstring(L, -1, &keys[i].len);
         slot = (int)(2 * i + 1);
@@ -178,28 +172,15 @@ static sort_key *sorted_keys(lua_State *L, bufs *b, int t, size_t *count)
     return keys;
 }
 
-/* Only plain tables are sent: the checks in Lua read through __index
- * (and pairs through __pairs) while the encoder reads raw keys, so a
- * metatable could make what was checked differ from what is sent. A key
- * sent twice under one name is refused for the same reason. */
-static void check_plain(lua_State *L, bufs *b, int t)
-{
-    if (lua_getmetatable(L, t))
-        fail(L, b, "a table with a metatable");
-    if (b24_key_clash(L, t))
-        fail(L, b, lua_pushfstring(L, "two keys written \"%s\"",
-                                   lua_tostring(L, -1)));
-}
-
 static void encode_table(lua_State *L, bufs *b, int depth)
 {
     int t = lua_gettop(L);
 
     if (depth > MAX_DEPTH)
-        fail(L, b, "a table nested too deep (a cycle?)");
+        b24_encode_fail(L, b->key, "a table nested too deep (a cycle?)");
     if (!lua_checkstack(L, 8))
-        fail(L, b, "a table nested too deep");
-    check_plain(L, b, t);
+        b24_encode_fail(L, b->key, "a table nested too deep");
+    b24_check_plain(L, b->key, t);
     if (b24_is_sequence(L, t)) {
         size_t i, n = b24_rawlen(L, t);
         char num[64];
@@ -253,7 +234,7 @@ static void encode_value(lua_State *L, bufs *b, int depth)
         }
         /* fall through */
     default:
-        fail(L, b, luaL_typename(L, -1));
+        b24_encode_fail(L, b->key, luaL_typename(L, -1));
     }
     lua_pop(L, 1);
 }
@@ -261,15 +242,16 @@ static void encode_value(lua_State *L, bufs *b, int depth)
 /* core.query(params) -> "a=1&b[c]=2" */
 int b24_query(lua_State *L)
 {
-    bufs *b;
+    b24_buf *owned;
+    bufs bs, *b = &bs;
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    b = (bufs *)b24_bufs_new(L, 2);
-    add(L, &b->key, "", 0);
-    add(L, &b->out, "", 0);
+    owned = b24_bufs_new(L, 2);
+    b->out = &owned[0];
+    b->key = &owned[1];
     lua_pushvalue(L, 1);
     encode_value(L, b, 0);
-    lua_pushlstring(L, b->out.p, b->out.len);
-    b24_bufs_free(&b->out, 2);
+    lua_pushlstring(L, b->out->p, b->out->len);
+    b24_bufs_free(owned, 2);
     return 1;
 }

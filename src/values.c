@@ -60,7 +60,9 @@ size_t b24_format_number(lua_State *L, int idx, char *out, size_t size)
     return (size_t)n;
 }
 
-int b24_key_clash(lua_State *L, int t)
+/* On a clash, pushes the name written twice and returns 1; otherwise
+ * pushes nothing and returns 0. */
+static int key_clash(lua_State *L, int t)
 {
     char num[64];
     lua_pushnil(L);
@@ -81,4 +83,19 @@ int b24_key_clash(lua_State *L, int t)
         }
     }
     return 0;
+}
+
+int b24_encode_fail(lua_State *L, const b24_buf *where, const char *what)
+{
+    return luaL_error(L, "cannot encode %s at %s", what,
+                      where->len ? where->p : "the top level");
+}
+
+void b24_check_plain(lua_State *L, const b24_buf *where, int t)
+{
+    if (lua_getmetatable(L, t))
+        b24_encode_fail(L, where, "a table with a metatable");
+    if (key_clash(L, t))
+        b24_encode_fail(L, where, lua_pushfstring(L, "two keys written \"%s\"",
+                                                  lua_tostring(L, -1)));
 }

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <lua.h>
 
+#include "buffer.h"
+
 /* Whether the table at t has keys exactly 1..n. */
 int b24_is_sequence(lua_State *L, int t);
 
@@ -14,10 +16,15 @@ int b24_is_sequence(lua_State *L, int t);
  * JSON nor PHP can take. */
 size_t b24_format_number(lua_State *L, int idx, char *out, size_t size);
 
-/* Whether the table at t holds a number key whose text, as the encoders
- * write it, is also one of its string keys: {[1] = "a", ["1"] = "b"}
- * would send the name "1" twice. On a clash, pushes that text and
- * returns 1; otherwise pushes nothing and returns 0. */
-int b24_key_clash(lua_State *L, int t);
+/* Raises "cannot encode <what> at <where>", where is the key path written
+ * so far (empty: the top level). */
+int b24_encode_fail(lua_State *L, const b24_buf *where, const char *what);
+
+/* Raises (b24_encode_fail) unless the table at t is plain: the checks in
+ * Lua read through __index (and pairs through __pairs) while the encoders
+ * read raw keys, so a metatable could make what was checked differ from
+ * what is sent. A number key whose text is also a string key
+ * ({[1] = "a", ["1"] = "b"}) would send one name twice: refused too. */
+void b24_check_plain(lua_State *L, const b24_buf *where, int t);
 
 #endif

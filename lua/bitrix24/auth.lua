@@ -222,8 +222,8 @@ local function ask_token_endpoint(self, http)
   local url = self.token_url .. "?grant_type=refresh_token&client_id=" .. urlencode(self.client_id)
     .. "&client_secret=" .. urlencode(self.client_secret)
     .. "&refresh_token=" .. urlencode(self.refresh_token)
-  local status, body, description = http:request(url)
-  if not status then return nil, body, "token refresh: " .. tostring(description) end
+  local status, body = http:request(url)
+  if not status then return nil, body.code, "token refresh: " .. tostring(body.description) end
   local t = core.json_decode(body)
   if type(t) ~= "table" or t.error or type(t.access_token) ~= "string" then
     local code = type(t) == "table" and type(t.error) == "string" and t.error or "REFRESH_FAILED"

@@ -151,13 +151,13 @@ function T.transport()
   for i, path in ipairs(args.path and (type(args.path) == "table" and args.path or { args.path }) or {}) do
     -- base=N: the stub's Nth port, whose connection pool no other test uses.
     local url = config.stub_urls[tonumber(args.base or 1)] .. path
-    local env, a, b, c, d
     if args.raw then
-      a, b, c = t:request(url, args.get and nil or "{}")
-      out[i] = a and { status = a, body = b } or { code = b, description = c }
+      local status, b = t:request(url, args.get and nil or "{}")
+      out[i] = status and { status = status, body = b } or { code = b.code, description = b.description }
     else
-      env, a, b, c, d = t:call(url, "{}")
-      out[i] = env and { status = a, result = env.result } or { code = a, description = b, status = c, extra = d }
+      local env, b = t:call(url, "{}")
+      out[i] = env and { status = b, result = env.result }
+        or { code = b.code, description = b.description, status = b.status, extra = b.envelope or b.location }
     end
   end
   t:close()

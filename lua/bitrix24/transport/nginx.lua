@@ -5,12 +5,14 @@
 -- the same job over ngx_lua's cosockets, which yield to nginx's event loop
 -- instead. It has the interface of the C handle from core.http(opts):
 --
---   t:call(url, json_body [, timeout]) -> envelope, status
---                           | nil, code, description, status, envelope-or-location
---   t:request(url [, body]) -> status, body | nil, code, description
+--   t:call(url, json_body [, timeout [, write]]) -> envelope, status | nil, failure
+--   t:request(url [, body]) -> status, body | nil, failure
 --   t:close()
 --
--- The envelope is judged by core.decode, the C code behind the curl
+-- failure = { code =, description =, status = (or nil), envelope = (the
+-- decoded error envelope, or nil), location = (a redirect's target, or nil) }.
+--
+-- The envelope is judged by core.envelope, the C code behind the curl
 -- transport's call, so both transports turn an answer into the same result
 -- or the same error.
 --
@@ -468,7 +470,7 @@ local function perform(self, url, body, timeout, write)
   return status, rbody, location, u
 end
 
---- t:call(url, json_body [, timeout [, write]]) -> envelope, status | nil, code, description, status, extra
+--- t:call(url, json_body [, timeout [, write]]) -> envelope, status | nil, failure
 --- timeout: seconds for this call, when less than the transport's own;
 --- write: the request must not be sent twice (see perform).
 function Transport:call(url, body, timeout, write)
@@ -479,15 +481,15 @@ function Transport:call(url, body, timeout, write)
     error("bitrix24: call's timeout must be a number of seconds in (0, " .. MAX_SECONDS .. "]", 2)
   end
   local status, rbody, location, u = perform(self, url, body, timeout, write == true)
-  if not status then return nil, rbody.code, rbody.description end
+  if not status then return nil, { code = rbody.code, description = rbody.description } end
   if status >= 300 and status < 400 then
-    return nil, "PORTAL_MOVED", "HTTP " .. status .. " redirect", status,
-      location and absolute(location, u.scheme, u.authority, u.path) or nil
+    return nil, { code = "PORTAL_MOVED", description = "HTTP " .. status .. " redirect", status = status,
+      location = location and absolute(location, u.scheme, u.authority, u.path) or nil }
   end
-  return core.decode(status, rbody)
+  return core.envelope(status, rbody)
 end
 
---- t:request(url [, body]) -> status, body | nil, code, description
+--- t:request(url [, body]) -> status, body | nil, failure
 function Transport:request(url, body)
   if type(url) ~= "string" or (body ~= nil and type(body) ~= "string") then
     error("bitrix24: request(url [, body]) takes strings", 2)
@@ -495,7 +497,7 @@ function Transport:request(url, body)
   -- A token request re-sent would present a refresh token the first one
   -- already rotated: never on a connection that may be stale.
   local status, rbody = perform(self, url, body, nil, true)
-  if not status then return nil, rbody.code, rbody.description end
+  if not status then return nil, { code = rbody.code, description = rbody.description } end
   return status, rbody
 end
 
