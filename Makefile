@@ -16,8 +16,9 @@
 #                             runs them at the same time; see spec/run-all)
 #   make test EXCLUDE=T,...   leaves out the specs tagged T (busted tags):
 #                             slow (left out by default; make test-slow runs
-#                             them), nginx (an nginx with the client inside);
-#                             EXCLUDE= runs every spec
+#                             them), nginx (an nginx with the client inside),
+#                             npm (node clients from the npm registry; run
+#                             under Lua 5.4 only); EXCLUDE= runs every spec
 #   make test-slow            the slow specs, once, under LUA_VERSION (CI: 5.4)
 #   make demo                 crm.lead.contact.items.get against the fake portal,
 #                             or the portal in BITRIX24_WEBHOOK_URL when set
@@ -85,11 +86,13 @@ $(CORE): $(SRC) $(HDR)
 install: install-client install-fake
 
 install-client: build
-	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport \
+	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events \
+		$(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport \
 		$(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24 $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/bitrix24.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/
 	install -m 644 lua/bitrix24/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/
 	install -m 644 lua/bitrix24/transport/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport/
+	install -m 644 lua/bitrix24/events/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events/
 	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24/
 	sed -e '1s|.*|#!/usr/bin/env $(LUA)|' \
 	    -e 's|^local INSTALLED = nil$$|local INSTALLED = { prefix = "$(PREFIX)", abi = "$(LUA_ABI)" }|' \
@@ -125,8 +128,12 @@ define apt_install
 	fi
 endef
 
+# The npm spec needs node >= 20 and npm. An existing node (NodeSource's,
+# nvm's, ...) is never replaced: Debian's nodejs and npm are installed only
+# when there is no node at all (Debian 12's is 18: the spec then says so).
 deps:
 	$(call apt_install,$(DEB_PACKAGES))
+	$(if $(shell command -v node),,$(call apt_install,nodejs npm))
 
 # Every installed Lua of LUA_VERSIONS, or LUA_VERSION alone when it was
 # given; spec/run-all prints each version's count, then the sum. The
@@ -140,11 +147,18 @@ test: deps
 	@MAKE="$(MAKE)" PARALLEL="$(PARALLEL)" EXCLUDE="$(EXCLUDE)" \
 		sh spec/run-all $(if $(LUA_VERSION_GIVEN),$(LUA_VERSION),--installed $(LUA_VERSIONS))
 
+# The npm spec tests the fake portal, which runs in nginx's own LuaJIT
+# whatever Lua runs busted, against node clients: the same under every
+# version, so it runs under NPM_UNDER only.
+NPM_UNDER := 5.4
+comma := ,
+TEST_EXCLUDE = $(EXCLUDE)$(if $(filter-out $(NPM_UNDER),$(LUA_VERSION)),$(if $(EXCLUDE),$(comma))npm)
+
 # One version: build, then the specs; the count is labelled with the
 # interpreter ("lua5.3: N passed, N failed"). Used by spec/run-all.
 test-one: build
 	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" SUMMARY_LABEL="$(LUA)" \
-		sh spec/run $(if $(EXCLUDE),--exclude-tags=$(EXCLUDE))
+		sh spec/run $(if $(TEST_EXCLUDE),--exclude-tags=$(TEST_EXCLUDE))
 
 # The slow specs alone, under LUA_VERSION; ends with "slow: N passed, N failed".
 test-slow: deps build

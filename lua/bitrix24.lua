@@ -530,7 +530,7 @@ Namespace.__index = function(ns, key)
   return namespace(rawget(ns, "_client"), rawget(ns, "_name") .. "." .. key)
 end
 
-local CLIENT_METHODS = { "batch", "call", "close", "each", "lead_contacts" }
+local CLIENT_METHODS = { "batch", "bind", "call", "close", "each", "event_bindings", "lead_contacts", "unbind" }
 
 -- Edit distance of two short words (insertions, deletions, substitutions).
 local function distance(a, b)
@@ -595,6 +595,64 @@ function Client:close()
 end
 
 Client.__close = Client.close
+
+-- Event bindings (bitrix24.events.binding): OAuth clients only; a webhook
+-- client raises before anything is sent.
+local binding = require "bitrix24.events.binding"
+
+-- The body of an event method call checked by check(), or nil and why.
+local function event_body(self, name, method, check)
+  local params, why = check_client(self, name)
+  if params then params, why = check() end
+  if not params then return nil, why end
+  return prepare(self, name, method, params)
+end
+
+--- Binds a handler URL to an event (`event.bind`); OAuth clients only.
+-- @tparam string event e.g. `"ONCRMLEADUPDATE"`
+-- @tparam ?string handler the handler's URL (nil for an offline binding)
+-- @tparam[opt] table opts `event_type` (`"online"` or `"offline"`), `auth_type`,
+-- `auth_connector`, `options`
+-- @return true
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise with a webhook client or bad arguments (nothing is sent)
+function Client:bind(event, handler, opts)
+  local body, why = event_body(self, "bind", "event.bind",
+    function() return binding.params(self, "bind", event, handler, opts) end)
+  if not body then errors.raise(2, why) end
+  return send(self, "event.bind", body)
+end
+
+--- Removes event bindings (`event.unbind`); OAuth clients only.
+-- @tparam string event
+-- @tparam ?string handler the handler's URL
+-- @tparam[opt] table opts as `bind`'s
+-- @treturn table `{ count = n }`
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise with a webhook client or bad arguments (nothing is sent)
+function Client:unbind(event, handler, opts)
+  local body, why = event_body(self, "unbind", "event.unbind",
+    function() return binding.params(self, "unbind", event, handler, opts) end)
+  if not body then errors.raise(2, why) end
+  return send(self, "event.unbind", body)
+end
+
+--- The app's event bindings (`event.get`); OAuth clients only.
+-- @treturn {table,...} `{ event =, handler =, auth_type =, offline = }` each
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise with a webhook client
+function Client:event_bindings()
+  local body, why = event_body(self, "event_bindings", "event.get", function()
+    local ok, bad = binding.check_app(self, "event_bindings")
+    if not ok then return nil, bad end
+    return {}
+  end)
+  if not body then errors.raise(2, why) end
+  return send(self, "event.get", body)
+end
 
 function Client:__tostring()
   return "bitrix24 client (" .. self._auth.kind .. " " .. self._auth.shown .. ")"

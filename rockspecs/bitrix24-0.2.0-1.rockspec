@@ -59,6 +59,10 @@ build = {
       ["bitrix24.limiter"] = "lua/bitrix24/limiter.lua",
       ["bitrix24.shared_dict"] = "lua/bitrix24/shared_dict.lua",
       ["bitrix24.transport.nginx"] = "lua/bitrix24/transport/nginx.lua",
+      ["bitrix24.events"] = "lua/bitrix24/events.lua",
+      ["bitrix24.events.parse"] = "lua/bitrix24/events/parse.lua",
+      ["bitrix24.events.binding"] = "lua/bitrix24/events/binding.lua",
+      ["bitrix24.events.offline"] = "lua/bitrix24/events/offline.lua",
     },
     lib = {
       ["bitrix24.core"] = "build/rock/bitrix24/core.so",

@@ -11,18 +11,7 @@ local function here() return debug.getinfo(2, "l").currentline end
 
 describe("programmer errors blame the caller", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
   after_each(function()
     assert.equal(0, #portal:requests(), "a request was sent for bad input")
   end)
@@ -107,18 +96,7 @@ end)
 
 describe("a name on the client that is not a method", function()
   local portal, client
-
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    client = bitrix24.webhook(portal.webhook_url, support.opts())
-  end)
-
-  teardown(function()
-    if client then client:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  support.use_portal({ client = true }, function(p, c) portal, client = p, c end)
 
   local function raises(f)
     local ok, msg = pcall(f)
@@ -136,12 +114,14 @@ describe("a name on the client that is not a method", function()
       raises(function() client:lead_contact { 1 } end))
     assert.equal("bitrix24: client:eachh is not a method of the client (did you mean each?)",
       raises(function() client.eachh("crm.lead.list") end))
+    assert.equal("bitrix24: client:bnd is not a method of the client (did you mean bind?)",
+      raises(function() client:bnd("ONCRMLEADADD") end))
   end)
 
   it("without a close method, says how one-word REST methods are called", function()
     local msg = raises(function() client.profile() end)
-    assert.equal("bitrix24: client:profile is not a method of the client (its methods: batch, call, close,"
-      .. ' each, lead_contacts); the typed form needs a dotted method name such as client.crm.lead.list{},'
+    assert.equal("bitrix24: client:profile is not a method of the client (its methods: batch, bind, call, close,"
+      .. ' each, event_bindings, lead_contacts, unbind); the typed form needs a dotted method name such as client.crm.lead.list{},'
       .. ' and client:call("profile") calls any method', msg)
   end)
 

@@ -14,18 +14,10 @@ local ITEMS_GET = "crm.lead.contact.items.get"
 describe("budget under faults", function()
   local portal, dir
 
-  setup(function()
-    -- The portal itself never refuses: every refusal seen is the client's own.
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    dir = (support.run("mktemp -d"):gsub("%s+$", ""))
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-    if dir then os.execute("rm -rf '" .. dir .. "'") end
-  end)
-
-  before_each(function() portal:reset() end)
+  -- The portal itself never refuses: every refusal seen is the client's own.
+  support.use_portal(nil, function(p) portal = p end)
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.remove_dir(dir) end)
 
   local function key() return (portal.webhook_url:match("^(https?://[^/]+)")) end
 

@@ -13,26 +13,15 @@ local ITEMS_GET = "crm.lead.contact.items.get"
 describe("error kinds", function()
   local portal, slow, dir
 
-  setup(function()
-    portal = support.start_portal { tls = true, rate = 1000, burst = 100000 }
-    -- Operating time in 0.2 s buckets, so a method nears its limit at once.
-    slow = support.start_portal { tls = false, rate = 1000, burst = 100000,
-      op_limit = 100, op_bucket = 0.2, op_cost = { [ITEMS_GET] = 0.04 } }
-    dir = (support.run("mktemp -d"):gsub("%s+$", ""))
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-    if slow then slow:stop() end
-    if dir then os.execute("rm -rf '" .. dir .. "'") end
-  end)
-
-  before_each(function() portal:reset { tokens = true } end)
+  support.use_portal({ tls = true, reset = { tokens = true } }, function(p) portal = p end)
+  -- Operating time in 0.2 s buckets, so a method nears its limit at once.
+  support.use_portal({ op_limit = 100, op_bucket = 0.2, op_cost = { [ITEMS_GET] = 0.04 }, reset = false },
+    function(p) slow = p end)
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.remove_dir(dir) end)
 
   local function oauth(extra, opts)
-    local info = portal:info()
-    local cfg = { endpoint = portal.oauth_endpoint, token_url = portal.token_url, access_token = info.access_token,
-      refresh_token = info.refresh_token, client_id = info.client_id, client_secret = info.client_secret }
+    local cfg = support.oauth_config(portal)
     for k, v in pairs(extra or {}) do cfg[k] = v or nil end   -- false: leave it out
     return bitrix24.oauth(cfg, support.opts(opts))
   end

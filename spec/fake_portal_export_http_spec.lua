@@ -12,18 +12,8 @@ local LIST = "crm.lead.list"
 
 describe("fake portal for exports", function()
   local portal
-
-  setup(function()
-    portal = support.start_portal { tls = false, leads = 1000, rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    portal:reset() -- back to the 1000 generated leads, no churn, no costs
-  end)
+  -- Each test starts from the 1000 generated leads, no churn, no costs.
+  support.use_portal({ leads = 1000 }, function(p) portal = p end)
 
   local function call(method, body)
     local status, data, seconds = support.post_json(portal.webhook_url .. method, body)

@@ -1,5 +1,6 @@
 -- The fake portal hosted in nginx, seen over real HTTP with the curl CLI.
 local fake = require "bitrix24.fake.server"
+local support = require "support"
 local cjson = require "cjson"
 local socket = require "socket"
 
@@ -62,19 +63,10 @@ describe("fake portal over HTTP", function()
   local portal
   local ITEMS = "crm.lead.contact.items.get"
 
-  setup(function()
-    -- A generous bucket: the rate limit has its own portal below.
-    portal = fake.start{ rate = 1000, burst = 100000 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    -- Fresh log, faults, bucket and tokens (a spec may have expired them).
-    portal:reset{ tokens = true }
-  end)
+  -- A generous bucket (the rate limit has its own portal below), with
+  -- HTTPS; before each test a fresh log, faults, bucket and tokens (a
+  -- spec may have expired them).
+  support.use_portal({ tls = true, reset = { tokens = true } }, function(p) portal = p end)
 
   describe("webhooks", function()
     it("answers a method call with a result and logs it", function()

@@ -3,12 +3,10 @@
 -- one nginx-hosted portal, requests sent with luasocket. The expected
 -- behaviour is FACTS.md §2-§7 and §10, as in fake_portal_logic_spec.lua.
 
-local fake = require "bitrix24.fake.server"
+local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
 local default_data = require "bitrix24.fake.data"
 local socket = require "socket"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
 
 local JSON_TYPE = "application/json"
 local FORM_TYPE = "application/x-www-form-urlencoded"
@@ -20,37 +18,7 @@ local CHANGE_METHODS = { "crm.lead.contact.add", "crm.lead.contact.delete", "crm
 
 local portal
 
--- One HTTP request. `body`: a table is sent as JSON (bitrix24.fake.json, so
--- ordered maps keep their order), a string as a form unless o.ctype says
--- otherwise. Returns { status, body (raw text), data (decoded or nil), headers }.
-local function send(url, body, o)
-  o = o or {}
-  local raw, ctype = nil, o.ctype
-  if type(body) == "table" then
-    raw, ctype = json.encode(body), ctype or JSON_TYPE
-  elseif type(body) == "string" then
-    raw, ctype = body, ctype or FORM_TYPE
-  end
-  if o.query then url = url .. "?" .. o.query end
-  local headers = { ["content-length"] = raw and #raw or 0 }
-  if raw then headers["content-type"] = ctype end
-  local chunks = {}
-  local ok, status, res_headers = http.request {
-    url = url,
-    method = o.method or "POST",
-    headers = headers,
-    source = raw and ltn12.source.string(raw) or nil,
-    sink = ltn12.sink.table(chunks),
-    create = function()
-      local s = socket.tcp()
-      s:settimeout(10)
-      return s
-    end,
-  }
-  assert(ok, "HTTP request to " .. url .. " failed: " .. tostring(status))
-  local text = table.concat(chunks)
-  return { status = status, body = text, data = json.decode(text), headers = res_headers or {} }
-end
+local send = support.send
 
 -- A webhook call: /rest/1/<code>/<method>.
 local function hook(method, body, o)
@@ -77,26 +45,8 @@ local function count(t)
   return n
 end
 
--- Ids (as strings, ascending) of the records of the default data the user may read.
-local function readable_ids(kind)
-  local ids = {}
-  for _, rec in ipairs(default_data()[kind]) do
-    if rec.access ~= "none" then ids[#ids + 1] = rec.ID end
-  end
-  table.sort(ids)
-  for i, id in ipairs(ids) do ids[i] = string.format("%d", id) end
-  return ids
-end
-
--- An ordered cmd map from alternating key/command arguments.
-local function cmds(...)
-  local m = json.omap()
-  for i = 1, select("#", ...), 2 do
-    local k, v = select(i, ...)
-    json.set(m, k, v)
-  end
-  return m
-end
+local readable_ids = support.readable_ids
+local cmds = support.ordered   -- an ordered cmd map from alternating key/command arguments
 
 local function batch(cmd, extra)
   local body = json.omap()
@@ -106,17 +56,8 @@ local function batch(cmd, extra)
 end
 
 describe("fake portal methods over HTTP", function()
-  setup(function()
-    portal = fake.start { tls = false, rate = 1000, burst = 100000, timeout = 600 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    portal:reset() -- data, log, faults, bucket, operating time and limits back to the start
-  end)
+  -- Each test: data, log, faults, bucket, operating time and limits back to the start.
+  support.use_portal(nil, function(p) portal = p end)
 
   describe("crm.lead.contact.*", function()
     it("fields: SORT, IS_PRIMARY, CONTACT_ID with the documented attributes", function()

@@ -5,44 +5,19 @@
 -- with the curl CLI.
 
 local fake = require "bitrix24.fake.server"
+local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
-local socket = require "socket"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
 
 local portal
 
 -- POST to a webhook method. `body`: a table goes as JSON, a string as a form.
 local function hook(method, body)
-  local raw, ctype = body, "application/x-www-form-urlencoded"
-  if type(body) == "table" then raw, ctype = json.encode(body), "application/json" end
-  raw = raw or ""
-  local chunks = {}
-  local ok, status = http.request {
-    url = portal.webhook_url .. method,
-    method = "POST",
-    headers = { ["content-length"] = #raw, ["content-type"] = ctype },
-    source = ltn12.source.string(raw),
-    sink = ltn12.sink.table(chunks),
-    create = function()
-      local s = socket.tcp()
-      s:settimeout(10)
-      return s
-    end,
-  }
-  assert(ok, "HTTP request failed: " .. tostring(status))
-  local text = table.concat(chunks)
-  return { status = status, body = text, data = json.decode(text) }
+  return support.send(portal.webhook_url .. method, body or "")
 end
 
 -- A batch of commands given as alternating key/command arguments, in order.
 local function batch(...)
-  local cmd = json.omap()
-  for i = 1, select("#", ...), 2 do
-    local k, v = select(i, ...)
-    json.set(cmd, k, v)
-  end
-  local r = hook("batch", { halt = 0, cmd = cmd })
+  local r = hook("batch", { halt = 0, cmd = support.ordered(...) })
   assert.equal(200, r.status, r.body)
   return r.data.result
 end
@@ -69,17 +44,7 @@ local function curl(args)
 end
 
 describe("fake portal server rules over HTTP", function()
-  setup(function()
-    portal = fake.start { tls = false, rate = 1000, burst = 100000, timeout = 600 }
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    portal:reset()
-  end)
+  support.use_portal(nil, function(p) portal = p end)
 
   describe("batch references", function()
     it("are resolved after the command query is decoded: percent-encoded references work", function()
@@ -248,8 +213,8 @@ describe("fake portal https_only", function()
   it("answers plain http with 400 INVALID_REQUEST Https required., and serves HTTPS", function()
     local p = fake.start { https_only = true, rate = 1000, burst = 100000, timeout = 120 }
     finally(function() p:stop() end)
-    -- The recorded answer of a real portal (spec/fixtures/real/).
-    local f = assert(io.open("spec/fixtures/real/issue-error-v2-webhook-https-required.json", "rb"))
+    -- The recorded answer of a real portal (spec/fixtures/real-responses/).
+    local f = assert(io.open(support.REAL_RESPONSES .. "/issue-error-v2-webhook-https-required.json", "rb"))
     local recorded = f:read("*a"):gsub("%s+$", "")
     f:close()
     local status, body = curl(quote(p.webhook_url .. "crm.lead.contact.items.get?id=1"))

@@ -2,30 +2,19 @@
 -- spec/hostile_server_spec.lua: dripping, endless, truncated and malformed
 -- answers, chosen by the request path (POST /CASE/...).
 --
---   lua hostile_server.lua PARENT_PID LIFETIME
---
--- Prints "port N" once listening. Serves many connections at once (one
--- coroutine each, so a dripping answer does not hold up the next case) and
--- stops by itself after LIFETIME seconds or when PARENT_PID is gone.
+-- Started by spec/child_server.lua's start. Serves many connections at
+-- once (one coroutine each, so a dripping answer does not hold up the next
+-- case).
 
 local socket = require "socket"
+local child = require "child_server"
 
-local parent, lifetime = tonumber(arg[1]), tonumber(arg[2]) or 60
 local DRIP = 0.05          -- seconds between dripped bytes
 local DRIP_FOR = 4         -- seconds a drip goes on before the server gives up
 local ENDLESS_FOR = 4      -- seconds an endless answer goes on at most
 local ENDLESS_BYTES = 96 * 1024 * 1024   -- and at most this many bytes
 local FILLER = string.rep("a", 65536)
 local ENVELOPE = '{"result":{"ok":true},"time":{"start":1,"finish":1,"duration":0,"processing":0}}'
-
-local function parent_alive()
-  if not parent then return true end
-  local f = io.open("/proc/" .. parent .. "/stat", "rb")
-  if not f then return false end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%)%s+(%S)") ~= "Z"
-end
 
 -- Inside a connection's coroutine: wait a while, or until readable.
 local function sleep(s) coroutine.yield("sleep", s) end
@@ -142,17 +131,10 @@ local function serve(c)
   end
 end
 
-local server = assert(socket.bind("127.0.0.1", 0))
+local server, _, running = child.listen()
 server:settimeout(0)
-local _, port = server:getsockname()
-local f = assert(io.open("/proc/self/stat", "rb"))
-local pid = f:read("*a"):match("^%d+")
-f:close()
-io.stdout:write("port ", port, " pid ", pid, "\n")
-io.stdout:flush()
 
 local tasks = {}   -- { co, sock, wait = "read"|"write"|"sleep", wake }
-local stop_at = socket.gettime() + lifetime
 
 local function resume(t)
   local ok, wait, s = coroutine.resume(t.co, t.sock)
@@ -165,7 +147,7 @@ local function resume(t)
   t.wake = wait == "sleep" and socket.gettime() + s or nil
 end
 
-while socket.gettime() < stop_at and parent_alive() do
+while running() do
   local readers, writers = { server }, {}
   local now, timeout = socket.gettime(), 0.2
   for _, t in ipairs(tasks) do

@@ -10,6 +10,7 @@ local socket = require "socket"
 local bitrix24 = require "bitrix24"
 local cjson = require "cjson"
 local nginx = require "nginx_harness"
+local child = require "child_server"
 
 local SERVER_LIFETIME = 120   -- seconds; the hostile server stops by itself after that
 local SLACK = 0.5             -- seconds a bounded call may take beyond its bound
@@ -68,34 +69,17 @@ local function check(c, ok, code, description, elapsed)
     string.format("took %.2f s, bound %g s (%s)", elapsed, c.bound, what))
 end
 
-local function my_pid()
-  return support.read_file("/proc/self/stat"):match("^%d+")
-end
-
--- Returns the server (pid and pipe) and its base URL; the server stops by
--- itself when this process is gone, should teardown never run.
+-- Returns the server and its base URL.
 local function start_server()
-  local p = assert(io.popen("exec " .. support.LUA .. " " .. support.ROOT .. "/spec/hostile_server.lua "
-    .. my_pid() .. " " .. SERVER_LIFETIME, "r"))
-  local line = assert(p:read("*l"), "the hostile server did not start")
-  local port, pid = line:match("^port (%d+) pid (%d+)$")
-  assert(port, "the hostile server said: " .. line)
-  -- (the pipe is kept: collecting it would wait for the server to end)
-  return { pid = pid, pipe = p }, "http://127.0.0.1:" .. port
-end
-
-local function stop_server(server)
-  if server then
-    os.execute("kill " .. server.pid .. " 2>/dev/null")
-    server.pipe:close()
-  end
+  local server = child.start("hostile_server.lua", SERVER_LIFETIME)
+  return server, server.base
 end
 
 describe("hostile servers, curl transport", function()
   local server, base
 
   setup(function() server, base = start_server() end)
-  teardown(function() stop_server(server) end)
+  teardown(function() child.stop(server) end)
 
   for _, c in ipairs(CASES) do
     it(title(c), function()
@@ -166,7 +150,7 @@ describe("hostile servers, nginx transport #nginx", function()
 
   teardown(function()
     if ngx_server then ngx_server:stop() end
-    stop_server(server)
+    child.stop(server)
   end)
 
   for _, c in ipairs(CASES) do

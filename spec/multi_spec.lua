@@ -67,18 +67,12 @@ describe("core.multi", function()
     return set
   end
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    http = core.http()
+  support.use_portal(nil, function(p)
+    portal = p
     url = portal.webhook_url .. ITEMS
   end)
-
-  teardown(function()
-    if http then http:close() end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function() portal:reset() end)
+  setup(function() http = core.http() end)
+  teardown(function() if http then http:close() end end)
 
   describe("results", function()
     it("are those of call for the same answers, failures included", function()

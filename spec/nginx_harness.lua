@@ -7,6 +7,7 @@
 -- one version of the multi-version suite only (RUN_UNDER).
 
 local support = require "support"
+local child = require "child_server"
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
@@ -17,26 +18,9 @@ local M = {
 }
 local LIFETIME = 300   -- seconds; the nginx stops by itself after that
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote, capture, write_file = support.quote, support.capture, support.write_file
 
-local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local function exists(path) return support.try_read(path) ~= nil end
 
 local function module_lines()
   for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/local/nginx/modules" } do
@@ -49,20 +33,11 @@ local function module_lines()
   return ""   -- built in (OpenResty)
 end
 
-local function free_port()
+function M.free_port()
   local s = assert(socket.bind("127.0.0.1", 0))
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
-end
-
--- A zombie counts as dead: nothing may reap an orphan in a container.
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "rb")
-  if not f then return false end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%)%s+(%S)") ~= "Z"
 end
 
 function M.runs_here()
@@ -96,34 +71,35 @@ function Server:get(path, timeout)
   }
   local body = table.concat(chunks)
   assert(ok and status == 200, "GET " .. path .. ": " .. tostring(status) .. " " .. body
-    .. "\n" .. support.read_file(self.prefix .. "/error.log"))
+    .. "\n" .. self:error_log())
   return body
+end
+
+function Server:error_log()
+  return support.read_file(self.prefix .. "/error.log")
 end
 
 function Server:stop()
   local pid = exists(self.prefix .. "/nginx.pid") and support.read_file(self.prefix .. "/nginx.pid"):match("%d+")
   if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
   local deadline = socket.gettime() + 3
-  while alive(self.launcher) and socket.gettime() < deadline do socket.sleep(0.05) end
+  while child.alive(self.launcher) and socket.gettime() < deadline do socket.sleep(0.05) end
   os.execute("kill -KILL " .. self.launcher .. " 2>/dev/null")
   os.execute("rm -rf " .. quote(self.prefix))
 end
 
--- locations: { ["/path"] = "spec/nginx/file.lua", ... } (prefix locations;
--- files relative to the repository's root).
-function M.start(locations)
+-- The repository's root as an absolute path, with the LuaJIT core built
+-- for it (always through make: a core older than src/ would not match lua/).
+function M.root()
   local root = capture("cd " .. quote(support.ROOT) .. " && pwd")
-  -- Always through make: a core older than src/ would not match lua/.
   local out, err, status = support.run("make -s -C " .. quote(root) .. " LUA_VERSION=luajit build")
   assert(status == 0, "building the LuaJIT core failed: " .. out .. err)
-  local prefix = capture('mktemp -d "${TMPDIR:-/tmp}/b24-nginx-harness.XXXXXXXX"')
-  os.execute("mkdir -p " .. quote(prefix .. "/tmp"))
-  local port = free_port()
-  local locs = {}
-  for path, file in pairs(locations) do
-    locs[#locs + 1] = "    location " .. path .. ' { content_by_lua_file "' .. root .. "/" .. file .. '"; }'
-  end
-  write_file(prefix .. "/nginx.conf", table.concat({
+  return root
+end
+
+-- The main-context lines of a spec nginx in prefix, up to its events block.
+function M.main_lines(prefix, connections)
+  return table.concat({
     "daemon off;",
     "master_process on;",
     "worker_processes 1;",
@@ -131,26 +107,36 @@ function M.start(locations)
     'error_log "' .. prefix .. '/error.log" warn;',
     support.run("id -u") == "0\n" and "user root;" or "",
     module_lines(),
-    "events { worker_connections 256; }",
-    "http {",
-    '  client_body_temp_path "' .. prefix .. '/tmp/body";',
-    '  proxy_temp_path "' .. prefix .. '/tmp/proxy";',
-    '  fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
-    '  uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
-    '  scgi_temp_path "' .. prefix .. '/tmp/scgi";',
-    "  access_log off;",
-    "  lua_socket_log_errors off;",
-    '  lua_package_path "' .. root .. "/lua/?.lua;" .. root .. '/lua/?/init.lua;;";',
-    '  lua_package_cpath "' .. root .. '/build/luajit/?.so;;";',
-    "  lua_shared_dict bitrix24 1m;",
-    "  server {",
-    "    listen 127.0.0.1:" .. port .. ";",
-    table.concat(locs, "\n"),
-    "  }",
-    "}",
-  }, "\n"))
+    "events { worker_connections " .. connections .. "; }",
+  }, "\n")
+end
+
+-- The http-level lines every spec nginx has: its temporary files in
+-- prefix, no access log, no socket errors logged (the specs make many).
+function M.http_lines(prefix)
+  return {
+    'client_body_temp_path "' .. prefix .. '/tmp/body";',
+    'proxy_temp_path "' .. prefix .. '/tmp/proxy";',
+    'fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
+    'uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
+    'scgi_temp_path "' .. prefix .. '/tmp/scgi";',
+    "access_log off;",
+    "lua_socket_log_errors off;",
+  }
+end
+
+-- Starts an nginx in a fresh prefix directory with conf(prefix) as its
+-- nginx.conf, and waits until it accepts on port (one it listens on).
+-- env: variables for nginx ({ NAME = value }). GNU timeout stops it after
+-- LIFETIME seconds, should the spec never stop it.
+function M.launch(port, conf, env)
+  local prefix = capture('mktemp -d "${TMPDIR:-/tmp}/b24-nginx-harness.XXXXXXXX"')
+  os.execute("mkdir -p " .. quote(prefix .. "/tmp"))
+  write_file(prefix .. "/nginx.conf", conf(prefix))
   write_file(prefix .. "/error.log", "")
-  local launcher = tonumber(capture("timeout -s TERM -k 3 " .. LIFETIME .. " nginx -p " .. quote(prefix .. "/")
+  local vars = ""
+  for k, v in pairs(env or {}) do vars = vars .. k .. "=" .. quote(v) .. " " end
+  local launcher = tonumber(capture(vars .. "timeout -s TERM -k 3 " .. LIFETIME .. " nginx -p " .. quote(prefix .. "/")
     .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
     .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
   local self = setmetatable({ prefix = prefix, launcher = launcher, base = "http://127.0.0.1:" .. port }, Server)
@@ -159,13 +145,39 @@ function M.start(locations)
     local c = socket.connect("127.0.0.1", port)
     if c then c:close(); break end
     if socket.gettime() > deadline then
-      local log = support.read_file(prefix .. "/error.log") .. support.read_file(prefix .. "/stderr.log")
+      local log = self:error_log() .. support.read_file(prefix .. "/stderr.log")
       self:stop()
       error("nginx did not start:\n" .. log)
     end
     socket.sleep(0.02)
   end
   return self
+end
+
+-- locations: { ["/path"] = "spec/nginx/file.lua", ... } (prefix locations;
+-- files relative to the repository's root).
+function M.start(locations)
+  local root = M.root()
+  local port = M.free_port()
+  local locs = {}
+  for path, file in pairs(locations) do
+    locs[#locs + 1] = "    location " .. path .. ' { content_by_lua_file "' .. root .. "/" .. file .. '"; }'
+  end
+  return M.launch(port, function(prefix)
+    return table.concat({
+      M.main_lines(prefix, 256),
+      "http {",
+      "  " .. table.concat(M.http_lines(prefix), "\n  "),
+      '  lua_package_path "' .. root .. "/lua/?.lua;" .. root .. '/lua/?/init.lua;;";',
+      '  lua_package_cpath "' .. root .. '/build/luajit/?.so;;";',
+      "  lua_shared_dict bitrix24 1m;",
+      "  server {",
+      "    listen 127.0.0.1:" .. port .. ";",
+      table.concat(locs, "\n"),
+      "  }",
+      "}",
+    }, "\n")
+  end)
 end
 
 return M

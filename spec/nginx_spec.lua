@@ -13,39 +13,19 @@
 -- pending under the others.
 
 local support = require "support"
+local nginx = require "nginx_harness"
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
 
-local RUN_UNDER = "5.4"
 local MARKER = "<!-- nginx.conf used by spec/nginx_spec.lua -->"
 -- README placeholders and what replaces them (see README, "OpenResty / nginx").
 local LUA_DIR_PLACEHOLDER = "/usr/local/share/lua/5.1/"
 local CORE_DIR_PLACEHOLDER = "/usr/local/lib/lua/5.1/"
 local LISTEN_PLACEHOLDER = "listen 8080;"
-local NGINX_LIFETIME = 300   -- seconds; the nginx stops by itself after that
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local quote, capture, write_file = support.quote, support.capture, support.write_file
 
 -- Plain-text replacement that insists the text is there: a README edit
 -- that drops a placeholder must fail here, not run a different config.
@@ -60,33 +40,6 @@ local function readme_block()
   local at = assert(readme:find(MARKER, 1, true), "README.md has no line " .. MARKER)
   local block = readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER)
   return assert(block, "no ```nginx block right after " .. MARKER)
-end
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
-local function module_lines()
-  for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/local/nginx/modules" } do
-    if exists(dir .. "/ngx_http_lua_module.so") then
-      local lines = ""
-      if exists(dir .. "/ndk_http_module.so") then lines = "load_module " .. dir .. "/ndk_http_module.so;\n" end
-      return lines .. "load_module " .. dir .. "/ngx_http_lua_module.so;\n"
-    end
-  end
-  return ""   -- built in (OpenResty)
-end
-
--- A zombie counts as dead: nothing may reap an orphan in a container.
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "rb")
-  if not f then return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%)%s+(%S)") ~= "Z"
 end
 
 local function urlencode(s)
@@ -116,15 +69,15 @@ local function get_json(url)
 end
 
 describe("inside nginx #nginx", function()
-  if support.LUA_VERSION ~= RUN_UNDER then
-    pending("runs under Lua " .. RUN_UNDER .. " only (the nginx runs its own LuaJIT)")
+  if not nginx.runs_here() then
+    pending(nginx.PENDING)
     return
   end
 
-  local ROOT = capture("cd " .. quote(support.ROOT) .. " && pwd")
-  local portal, prefix, readme_url, base, stub_url, launcher
+  local ROOT = nginx.root()
+  local portal, ngx_server, readme_url, base, stub_url
 
-  local function error_log() return support.read_file(prefix .. "/error.log") end
+  local function error_log() return ngx_server:error_log() end
 
   -- Waits (up to `wait` s) for text in nginx's error log.
   local function log_has(text, wait)
@@ -136,21 +89,15 @@ describe("inside nginx #nginx", function()
     return false
   end
 
-  local function conf(readme_port, test_port, stub_ports)
+  local function conf(prefix, readme_port, test_port, stub_ports)
     local block = readme_block()
     block = replace(block, LUA_DIR_PLACEHOLDER, ROOT .. "/lua/")
     block = replace(block, CORE_DIR_PLACEHOLDER, ROOT .. "/build/luajit/")
     block = replace(block, LISTEN_PLACEHOLDER, "listen 127.0.0.1:" .. readme_port .. ";")
     local app = ROOT .. "/spec/nginx/app.lua"
     -- The harness's own http-level lines, right after "http {".
-    local tests = table.concat({
-      'client_body_temp_path "' .. prefix .. '/tmp/body";',
-      'proxy_temp_path "' .. prefix .. '/tmp/proxy";',
-      'fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
-      'uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
-      'scgi_temp_path "' .. prefix .. '/tmp/scgi";',
-      'access_log off;',
-      'lua_socket_log_errors off;',
+    local tests = nginx.http_lines(prefix)
+    for _, line in ipairs {
       'lua_shared_dict spec 1m;',
       -- A call in init_worker, not from a timer: must raise the phase error.
       'init_worker_by_lua_block {',
@@ -178,81 +125,41 @@ describe("inside nginx #nginx", function()
       '  location /s/ { content_by_lua_file "' .. app .. '"; }',
       '  location = /s/close { keepalive_timeout 0; content_by_lua_file "' .. app .. '"; }',
       '}',
-    }, "\n    ")
-    block = replace(block, "http {\n", "http {\n    " .. tests .. "\n\n")
+    } do tests[#tests + 1] = line end
+    block = replace(block, "http {\n", "http {\n    " .. table.concat(tests, "\n    ") .. "\n\n")
     return table.concat({
       "# Generated by spec/nginx_spec.lua: README.md's block below the first lines.",
-      "daemon off;",
-      "master_process on;",
-      "worker_processes 1;",
-      'pid "' .. prefix .. '/nginx.pid";',
-      'error_log "' .. prefix .. '/error.log" warn;',
-      support.run("id -u") == "0\n" and "user root;" or "",
-      module_lines(),
-      "events { worker_connections 1024; }",
+      nginx.main_lines(prefix, 1024),
       "",
       block,
     }, "\n")
   end
 
+  support.use_portal({ tls = true }, function(p) portal = p end)   -- with TLS, for the https cases
+
   setup(function()
-    -- Always through make: a core older than src/ would not match lua/.
-    local out, err, status = support.run("make -s -C " .. quote(ROOT) .. " LUA_VERSION=luajit build")
-    assert(status == 0, "building the LuaJIT core failed: " .. out .. err)
-    portal = support.start_portal { rate = 1000, burst = 100000 }   -- with TLS, for the https cases
-    prefix = capture('mktemp -d "${TMPDIR:-/tmp}/b24-nginx-spec.XXXXXXXX"')
-    os.execute("mkdir -p " .. quote(prefix .. "/tmp"))
-    local readme_port, port = free_port(), free_port()
-    local stub_ports = { free_port(), free_port(), free_port() }
+    local readme_port, port = nginx.free_port(), nginx.free_port()
+    local stub_ports = { nginx.free_port(), nginx.free_port(), nginx.free_port() }
     readme_url = "http://127.0.0.1:" .. readme_port
     base = "http://127.0.0.1:" .. port
     local stub_urls = {}
     for i, p in ipairs(stub_ports) do stub_urls[i] = "http://127.0.0.1:" .. p end
     stub_url = stub_urls[1]
-    write_file(prefix .. "/spec-config.json", cjson.encode {
-      webhook_url = portal.webhook_url, stub_urls = stub_urls,
-      oauth = {
-        endpoint = portal.oauth_endpoint, token_url = portal.token_url,
-        access_token = portal.access_token, refresh_token = portal.refresh_token,
-        client_id = portal.client_id, client_secret = portal.client_secret,
-      },
-    })
-    write_file(prefix .. "/nginx.conf", conf(readme_port, port, stub_ports))
-    write_file(prefix .. "/error.log", "")
-    -- GNU timeout stops nginx even if teardown never runs.
-    launcher = tonumber(capture("BITRIX24_WEBHOOK_URL=" .. quote(portal.webhook_url)
-      .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p " .. quote(prefix .. "/")
-      .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
-      .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
-    local deadline = socket.gettime() + 5
-    while true do
-      local ok, status = pcall(get, base .. "/t/hits")
-      if ok and status == 200 then break end
-      if socket.gettime() > deadline then
-        error("nginx did not start:\n" .. error_log() .. (support.read_file(prefix .. "/stderr.log")))
-      end
-      socket.sleep(0.02)
-    end
+    ngx_server = nginx.launch(port, function(prefix)
+      write_file(prefix .. "/spec-config.json", cjson.encode {
+        webhook_url = portal.webhook_url, stub_urls = stub_urls,
+        oauth = {
+          endpoint = portal.oauth_endpoint, token_url = portal.token_url,
+          access_token = portal.access_token, refresh_token = portal.refresh_token,
+          client_id = portal.client_id, client_secret = portal.client_secret,
+        },
+      })
+      return conf(prefix, readme_port, port, stub_ports)
+    end, { BITRIX24_WEBHOOK_URL = portal.webhook_url })
   end)
 
   teardown(function()
-    if prefix then
-      local pid = exists(prefix .. "/nginx.pid") and support.read_file(prefix .. "/nginx.pid"):match("%d+")
-      if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
-      if launcher then
-        local deadline = socket.gettime() + 3
-        while alive(launcher) and socket.gettime() < deadline do
-          socket.sleep(0.05)
-        end
-        os.execute("kill -KILL " .. launcher .. " 2>/dev/null")
-      end
-      os.execute("rm -rf " .. quote(prefix))
-    end
-    if portal then portal:stop() end
-  end)
-
-  before_each(function()
-    portal:reset()
+    if ngx_server then ngx_server:stop() end
   end)
 
   -- The wall time of n concurrent GETs (curl --parallel), and their statuses.
@@ -323,7 +230,7 @@ describe("inside nginx #nginx", function()
   end)
 
   describe("errors", function()
-    local refused = "http://127.0.0.1:" .. free_port() .. "/rest/1/x/"
+    local refused = "http://127.0.0.1:" .. nginx.free_port() .. "/rest/1/x/"
 
     -- name, fault (registered before each transport's try), query
     local cases = {

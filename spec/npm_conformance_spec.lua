@@ -2,16 +2,15 @@
 -- @bitrix24/b24jssdk and @2bad/bitrix, from npm, run by node over HTTPS (the
 -- official SDK refuses plain http webhooks; the portal is started with
 -- https_only as a real one answers). What they get back is checked against
--- FACTS.md and the recorded real answers in spec/fixtures/real/.
+-- FACTS.md and the recorded real answers in spec/fixtures/real-responses/.
 --
 -- The packages are installed at spec time into spec/.npm/ (gitignored; kept
 -- between runs, installed again when missing or of another version). When
 -- npm cannot install them, the spec fails and says so: it never passes
 -- without having run the clients.
 
-local fake = require "bitrix24.fake.server"
+local support = require "support"
 local json = require "bitrix24.fake.json" -- keeps integers and key order
-local default_data = require "bitrix24.fake.data"
 
 -- The packages and the versions whose API the scripts were written for.
 local PACKAGES = { { "@bitrix24/b24jssdk", "2.2.0" }, { "@2bad/bitrix", "2.5.1" } }
@@ -19,7 +18,7 @@ local NPM_DIR = "spec/.npm"
 local INSTALL_TIMEOUT = 180   -- seconds for npm install
 local RUN_TIMEOUT = 120       -- seconds for one node script
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote, read = support.quote, support.try_read
 
 -- Runs a shell command; returns whether it exited 0, and its output.
 local function sh(cmd)
@@ -30,16 +29,8 @@ local function sh(cmd)
   return rc == 0, (out:gsub("exit=%d+%s*$", ""))
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
 local function fixture(name)
-  return (assert(read("spec/fixtures/real/" .. name), "missing fixture " .. name):gsub("%s+$", ""))
+  return (assert(read(support.REAL_RESPONSES .. "/" .. name), "missing fixture " .. name):gsub("%s+$", ""))
 end
 
 -- Whether `dir` holds every package at its version.
@@ -82,7 +73,7 @@ local function run_script(name)
   local ok, out = sh("node -e 'process.exit(Number(process.versions.node.split(\".\")[0]) >= 20 ? 0 : 3)'")
   assert(ok, "this spec needs node >= 20 (the SDK's engines) and npm:\n" .. out)
   ensure_packages()
-  local portal = fake.start { https_only = true, timeout = 300 }
+  local portal = support.start_portal { https_only = true, timeout = 300 }
   ok, out = pcall(function()
     local env = table.concat({
       "B24_SDK_DIR=" .. quote(NPM_DIR),
@@ -106,17 +97,6 @@ local function run_script(name)
   -- The script prints "done" last; anything else is its own failure.
   assert(got.done, "the node script " .. name .. " did not finish:\n" .. out:sub(-3000))
   return got, raw
-end
-
--- Ids (strings, ascending) of the leads the webhook user may read.
-local function readable_lead_ids()
-  local ids = {}
-  for _, rec in ipairs(default_data().leads) do
-    if rec.access ~= "none" then ids[#ids + 1] = rec.ID end
-  end
-  table.sort(ids)
-  for i, id in ipairs(ids) do ids[i] = string.format("%d", id) end
-  return ids
 end
 
 describe("#npm @bitrix24/b24jssdk against the fake portal over HTTPS", function()
@@ -189,7 +169,7 @@ describe("#npm @bitrix24/b24jssdk against the fake portal over HTTPS", function(
   end)
 
   it("crm.lead.list: offset pages with start=next, and the SDK's >ID walk, see every lead once", function()
-    local want = readable_lead_ids()
+    local want = support.readable_ids("leads")
     local pages, ids = got["list.pages"].pages, {}
     assert.equal(math.ceil(#want / 50), #pages)
     for i, page in ipairs(pages) do
@@ -249,7 +229,7 @@ describe("#npm @2bad/bitrix against the fake portal over HTTPS", function()
   end)
 
   it("list: its batch of start=50, 100, ... pages brings every lead once", function()
-    local want = readable_lead_ids()
+    local want = support.readable_ids("leads")
     assert.equal(#want, got.list.value.total)
     assert.same(want, got.list.value.ids)
   end)

@@ -7,34 +7,16 @@
 -- Paths under /expired/ are answered 401 expired_token (an OAuth client
 -- then asks the token endpoint).
 --
---   lua once_server.lua PORT_FILE LOG_FILE PARENT_PID
---
--- Writes its port to PORT_FILE once listening, appends each request line
--- it read to LOG_FILE, and stops by itself after 30 s or when PARENT_PID
--- is gone.
+-- Started by spec/child_server.lua's start; appends each request line it
+-- read to DIR/log.
 
 local socket = require "socket"
+local child = require "child_server"
 local unpack = table.unpack or unpack
 
-local port_file, log_file, parent = arg[1], arg[2], arg[3]
-local LIFETIME = 30
-
-local function parent_alive()
-  local f = io.open("/proc/" .. parent .. "/stat", "rb")
-  if not f then return false end
-  local stat = f:read("*a")
-  f:close()
-  return stat:match("%)%s+(%S)") ~= "Z"
-end
-
-local server = assert(socket.bind("127.0.0.1", 0))
+local server, dir, running = child.listen()
 server:settimeout(0.2)
-local _, port = server:getsockname()
-local f = assert(io.open(port_file .. ".tmp", "w"))
-f:write(port)
-f:close()
-assert(os.rename(port_file .. ".tmp", port_file))
-local log = assert(io.open(log_file, "a"))
+local log = assert(io.open(dir .. "/log", "a"))
 
 -- One whole request from c: its request line, or nil when c closed.
 local function read_request(c)
@@ -57,8 +39,7 @@ local function answer(c, status, body)
 end
 
 local clients, served = {}, {}   -- served[c]: requests read on c so far
-local stop = socket.gettime() + LIFETIME
-while socket.gettime() < stop and parent_alive() do
+while running() do
   local ready = socket.select({ server, unpack(clients) }, nil, 0.2)
   for _, s in ipairs(ready) do
     if s == server then

@@ -13,44 +13,18 @@ local support = require "support"
 local nginx = require "nginx_harness"
 local bitrix24 = require "bitrix24"
 local cjson = require "cjson"
-local socket = require "socket"
+local child = require "child_server"
 
 local OLD_REFRESH = "oldrefresh1234"
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
 -- A once_server of its own for each test, so its log is that test's.
-local function start_server()
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -p " .. dir))
-  local parent = read("/proc/self/stat"):match("^%d+")
-  local p = assert(io.popen(support.LUA .. " " .. support.ROOT .. "/spec/once_server.lua " .. dir .. "/port "
-    .. dir .. "/log " .. parent .. " >" .. dir .. "/out 2>&1 & echo $!"))
-  local pid = tonumber(p:read("*l"))
-  p:close()
-  local until_ = socket.gettime() + 5
-  while not read(dir .. "/port") and socket.gettime() < until_ do socket.sleep(0.02) end
-  local port = assert(tonumber(read(dir .. "/port")), "the server did not start: " .. tostring(read(dir .. "/out")))
-  return { dir = dir, pid = pid, base = "http://127.0.0.1:" .. port }
-end
-
-local function stop_server(s)
-  if not s then return end
-  os.execute("kill " .. s.pid .. " 2>/dev/null")
-  os.execute("rm -rf " .. s.dir)
-end
+local function start_server() return child.start("once_server.lua", 30) end
+local stop_server = child.stop
 
 -- How many request lines the server read that contain text.
 local function seen(s, text)
   local n = 0
-  for line in (read(s.dir .. "/log") or ""):gmatch("[^\n]+") do
+  for line in child.log(s):gmatch("[^\n]+") do
     if line:find(text, 1, true) then n = n + 1 end
   end
   return n

@@ -4,104 +4,25 @@
 -- never a raise, the dict's lock always given back.
 
 local support = require "support"
-local socket = require "socket"
-local http = require "socket.http"
+local nginx = require "nginx_harness"
 local cjson = require "cjson"
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
-
-local function module_lines()
-  for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules" } do
-    local f = io.open(dir .. "/ngx_http_lua_module.so", "rb")
-    if f then
-      f:close()
-      local ndk = io.open(dir .. "/ndk_http_module.so", "rb")
-      local lines = ""
-      if ndk then ndk:close(); lines = "load_module " .. dir .. "/ndk_http_module.so;\n" end
-      return lines .. "load_module " .. dir .. "/ngx_http_lua_module.so;\n"
-    end
-  end
-  return ""
-end
-
-local function urlencode(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
-
-describe("shared-dict budget and token store under corrupt content", function()
-  if support.LUA_VERSION ~= "5.4" then
-    pending("runs under Lua 5.4 only (the nginx runs its own LuaJIT)")
+describe("shared-dict budget and token store under corrupt content #nginx", function()
+  if not nginx.runs_here() then
+    pending(nginx.PENDING)
     return
   end
 
-  local portal, prefix, base, launcher
+  local portal, ngx_server
 
-  setup(function()
-    local ROOT = (support.run("cd " .. quote(support.ROOT) .. " && pwd"):gsub("%s+$", ""))
-    local _, err, status = support.run("make -s -C " .. quote(ROOT) .. " LUA_VERSION=luajit build")
-    assert(status == 0, "building the LuaJIT core failed: " .. err)
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    prefix = (support.run('mktemp -d "${TMPDIR:-/tmp}/b24-dict-spec.XXXXXXXX"'):gsub("%s+$", ""))
-    os.execute("mkdir -p " .. quote(prefix .. "/tmp"))
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    base = "http://127.0.0.1:" .. port
-    local conf = table.concat({
-      "daemon off;", "master_process on;", "worker_processes 1;",
-      'pid "' .. prefix .. '/nginx.pid";', 'error_log "' .. prefix .. '/error.log" warn;',
-      support.run("id -u") == "0\n" and "user root;" or "", module_lines(),
-      "events { worker_connections 64; }",
-      "http {",
-      '  client_body_temp_path "' .. prefix .. '/tmp/body"; proxy_temp_path "' .. prefix .. '/tmp/proxy";',
-      '  fastcgi_temp_path "' .. prefix .. '/tmp/fcgi"; uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
-      '  scgi_temp_path "' .. prefix .. '/tmp/scgi"; access_log off;',
-      '  lua_package_path "' .. ROOT .. '/lua/?.lua;;";',
-      '  lua_package_cpath "' .. ROOT .. '/build/luajit/?.so;;";',
-      "  lua_shared_dict bitrix24 1m;",
-      "  server {",
-      "    listen 127.0.0.1:" .. port .. ";",
-      '    location /t/ { content_by_lua_file "' .. ROOT .. '/spec/nginx/faults.lua"; }',
-      "  }",
-      "}",
-    }, "\n")
-    local f = assert(io.open(prefix .. "/nginx.conf", "wb"))
-    f:write(conf)
-    f:close()
-    launcher = tonumber((support.run("timeout -s TERM -k 3 120 nginx -p " .. quote(prefix .. "/") .. " -c "
-      .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
-      .. " </dev/null >/dev/null 2>&1 & echo $!")))
-    local deadline = socket.gettime() + 5
-    while not http.request(base .. "/") do
-      if socket.gettime() > deadline then
-        local f = io.open(prefix .. "/error.log", "rb")
-        error("nginx did not start: " .. (f and f:read("*a") or ""))
-      end
-      socket.sleep(0.02)
-    end
-  end)
-
-  teardown(function()
-    if launcher then os.execute("kill " .. launcher .. " 2>/dev/null") end
-    if prefix then
-      local f = io.open(prefix .. "/nginx.pid", "rb")
-      if f then
-        local pid = f:read("*a"):match("%d+")
-        f:close()
-        if pid then os.execute("kill -QUIT " .. pid .. " 2>/dev/null") end
-      end
-      socket.sleep(0.2)
-      os.execute("rm -rf " .. quote(prefix))
-    end
-    if portal then portal:stop() end
-  end)
+  support.use_portal({ reset = false }, function(p) portal = p end)
+  setup(function() ngx_server = nginx.start { ["/t/"] = "spec/nginx/faults.lua" } end)
+  teardown(function() if ngx_server then ngx_server:stop() end end)
 
   local function get(path, params)
     local q = {}
-    for k, v in pairs(params) do q[#q + 1] = k .. "=" .. urlencode(v) end
-    local body, status = http.request(base .. path .. "?" .. table.concat(q, "&"))
-    assert.equal(200, status, tostring(body) .. support.read_file(prefix .. "/error.log"))
-    return cjson.decode(body)
+    for k, v in pairs(params) do q[#q + 1] = k .. "=" .. nginx.urlencode(v) end
+    return cjson.decode(ngx_server:get(path .. "?" .. table.concat(q, "&")))
   end
 
   -- What the dict held, and whether the first call must fail (nil: succeed).

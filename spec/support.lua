@@ -91,7 +91,7 @@ function M.run(cmd, env)
   local out, err = os.tmpname(), os.tmpname()
   local prefix = ""
   for k, v in pairs(env or {}) do
-    prefix = prefix .. k .. "='" .. tostring(v):gsub("'", "'\\''") .. "' "
+    prefix = prefix .. k .. "=" .. M.quote(v) .. " "
   end
   local full = prefix .. cmd .. " >" .. out .. " 2>" .. err .. "; echo $? >>" .. err
   os.execute(full)
@@ -125,6 +125,30 @@ function M.run_two(script, a, b)
     .. (b or "") .. " & wait)")
 end
 
+-- Ids (as strings, ascending) of the records of kind ("leads", "contacts")
+-- of the fake portal's default data that the webhook user may read.
+function M.readable_ids(kind)
+  local ids = {}
+  for _, rec in ipairs(require("bitrix24.fake.data")()[kind]) do
+    if rec.access ~= "none" then ids[#ids + 1] = rec.ID end
+  end
+  table.sort(ids)
+  for i, id in ipairs(ids) do ids[i] = string.format("%d", id) end
+  return ids
+end
+
+-- An ordered JSON map (bitrix24.fake.json) from alternating key, value
+-- arguments: a batch's cmd whose keys keep their order.
+function M.ordered(...)
+  local json = require "bitrix24.fake.json"
+  local m = json.omap()
+  for i = 1, select("#", ...), 2 do
+    local k, v = select(i, ...)
+    json.set(m, k, v)
+  end
+  return m
+end
+
 function M.read_file(path)
   local f = assert(io.open(path, "rb"))
   local s = f:read("*a")
@@ -132,24 +156,76 @@ function M.read_file(path)
   return s
 end
 
--- POST `body` as JSON (bitrix24.fake.json: ordered maps keep their order)
--- to `url` with luasocket. Returns the status, the decoded answer (integers
--- kept) and the seconds it took.
-function M.post_json(url, body)
+-- The file's content, or nil when it cannot be read (not there yet).
+function M.try_read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+function M.write_file(path, s)
+  local f = assert(io.open(path, "wb"))
+  f:write(s)
+  f:close()
+end
+
+-- s as one word for sh.
+function M.quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+
+-- A shell command's output, without its trailing white space.
+function M.capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("*a")
+  p:close()
+  return (out:gsub("%s+$", ""))
+end
+
+-- One HTTP request with luasocket, for specs that talk to the fake portal
+-- without the client. `body`: a table is sent as JSON (bitrix24.fake.json,
+-- so ordered maps keep their order), a string as a form unless o.ctype
+-- says otherwise. o: method (default POST), query, ctype, timeout (seconds
+-- per socket operation, default 10). Returns { status, body (raw text),
+-- data (decoded, integers kept; nil if not JSON), headers }.
+function M.send(url, body, o)
   local json = require "bitrix24.fake.json"
   local socket, http, ltn12 = require "socket", require "socket.http", require "ltn12"
-  local raw, chunks, t0 = json.encode(body or {}), {}, socket.gettime()
-  local ok, status = http.request {
-    url = url, method = "POST", sink = ltn12.sink.table(chunks), source = ltn12.source.string(raw),
-    headers = { ["content-type"] = "application/json", ["content-length"] = #raw },
+  o = o or {}
+  local raw, ctype = nil, o.ctype
+  if type(body) == "table" then
+    raw, ctype = json.encode(body), ctype or "application/json"
+  elseif type(body) == "string" then
+    raw, ctype = body, ctype or "application/x-www-form-urlencoded"
+  end
+  if o.query then url = url .. "?" .. o.query end
+  local headers = { ["content-length"] = raw and #raw or 0 }
+  if raw then headers["content-type"] = ctype end
+  local chunks = {}
+  local ok, status, res_headers = http.request {
+    url = url,
+    method = o.method or "POST",
+    headers = headers,
+    source = raw and ltn12.source.string(raw) or nil,
+    sink = ltn12.sink.table(chunks),
     create = function()
       local s = socket.tcp()
-      s:settimeout(30)
+      s:settimeout(o.timeout or 10)
       return s
     end,
   }
-  assert(ok, "POST " .. url .. " failed: " .. tostring(status))
-  return status, json.decode(table.concat(chunks)), socket.gettime() - t0
+  assert(ok, "HTTP request to " .. url .. " failed: " .. tostring(status))
+  local text = table.concat(chunks)
+  return { status = status, body = text, data = json.decode(text), headers = res_headers or {} }
+end
+
+-- POST `body` as JSON to `url`. Returns the status, the decoded answer
+-- (integers kept) and the seconds it took.
+function M.post_json(url, body)
+  local socket = require "socket"
+  local t0 = socket.gettime()
+  local r = M.send(url, body or {}, { timeout = 30 })
+  return r.status, r.data, socket.gettime() - t0
 end
 
 -- The repository root, from this file's location.

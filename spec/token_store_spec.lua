@@ -11,27 +11,12 @@ local ITEMS_GET = "crm.lead.contact.items.get"
 describe("token stores under faults", function()
   local portal, dir
 
-  setup(function()
-    portal = support.start_portal { tls = false, rate = 1000, burst = 100000 }
-    dir = (support.run("mktemp -d"):gsub("%s+$", ""))
-  end)
-
-  teardown(function()
-    if portal then portal:stop() end
-    if dir then os.execute("rm -rf '" .. dir .. "'") end
-  end)
-
-  before_each(function() portal:reset { tokens = true } end)
+  support.use_portal({ reset = { tokens = true } }, function(p) portal = p end)
+  setup(function() dir = support.tmpdir() end)
+  teardown(function() support.remove_dir(dir) end)
 
   local function config(extra)
-    local info = portal:info()
-    local cfg = {
-      endpoint = portal.oauth_endpoint, token_url = portal.token_url,
-      access_token = info.access_token, refresh_token = info.refresh_token,
-      client_id = info.client_id, client_secret = info.client_secret,
-    }
-    for k, v in pairs(extra or {}) do cfg[k] = v end
-    return cfg
+    return (support.oauth_config(portal, extra))
   end
 
   local function token_requests()

@@ -73,6 +73,9 @@ function endpoints.expire_tokens(portal)
   return 200, obj("ok", true)
 end
 
+-- Firing events, ONAPPINSTALL and ONAPPUNINSTALL, what handlers answered.
+for name, endpoint in pairs(require("bitrix24.fake.events").CONTROL) do endpoints[name] = endpoint end
+
 local control = {}
 
 function control.handle(portal, req)

@@ -10,6 +10,7 @@
 
 local cjson = require "cjson"
 local Portal = require "bitrix24.fake.portal"
+local deliver = require "bitrix24.fake.deliver"
 
 local M = { _NAME = "bitrix24.fake.nginx" }
 
@@ -186,6 +187,8 @@ function M.handle()
   -- seconds its calls cost (bitrix24.fake.portal). ngx.sleep yields, so the
   -- worker serves other requests meanwhile.
   if res.delay and res.delay > 0 then ngx.sleep(res.delay) end
+  -- Events the request fired go out from timers, never from this request.
+  deliver.drain(portal)
 
   if res.fault == "reset" then return ngx.exit(444) end
   if res.fault == "truncate" then return send_truncated(res) end

@@ -38,6 +38,7 @@ local oauth = require "bitrix24.fake.oauth"
 local batch = require "bitrix24.fake.batch"
 local control = require "bitrix24.fake.control"
 local Churn = require "bitrix24.fake.churn"
+local events = require "bitrix24.fake.events"
 
 local set = json.set
 local truthy, request_params = php.truthy, php.request_params
@@ -47,7 +48,7 @@ local method_name = batch.method_name
 
 -- Method name -> handler(portal, params) returning answers.ok(...) or answers.fail(...).
 local METHOD_HANDLERS = {}
-for _, methods in ipairs({ require "bitrix24.fake.lead_contact", (require "bitrix24.fake.lists") }) do
+for _, methods in ipairs({ require "bitrix24.fake.lead_contact", (require "bitrix24.fake.lists"), events.METHODS }) do
   for name, handler in pairs(methods) do METHOD_HANDLERS[name] = handler end
 end
 
@@ -164,6 +165,7 @@ function Portal:reset(opts)
   self.cfg = copy(self.initial_cfg)
   self.limits = Limits.new(self.cfg)
   if truthy(opts.tokens) then oauth.reset_tokens(self) end
+  events.reset(self)   -- bindings and the offline queue (bitrix24.fake.events)
 end
 
 function Portal:configure(t)
@@ -340,6 +342,7 @@ end
 
 function Portal:handle(req)
   local path = req.path or "/"
+  events.begin(self, req)
   if path:sub(1, 7) == "/_fake/" then
     return control.handle(self, req)
   end

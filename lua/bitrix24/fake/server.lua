@@ -18,7 +18,8 @@
 -- Methods (each one HTTP request to `/_fake/...`; raise on a non-200 answer):
 --     portal:requests(), portal:reset(opts), portal:fault(spec), portal:configure(t),
 --     portal:expire_tokens(), portal:stats(), portal:info(), portal:leads(change),
---     portal:churn(rule), and portal:stop().
+--     portal:churn(rule), portal:events(), portal:fire(t), portal:install(t),
+--     portal:uninstall(t) (see bitrix24.fake.events), and portal:stop().
 -- reset{ leads = N } regenerates N leads (once), reset{ tokens = true } issues
 -- new tokens; leads{ delete = {ids}, append = M } changes the leads at once;
 -- `churn{ every = K, delete = {ids}, delete_count = D, append = M, times = T }`
@@ -457,6 +458,31 @@ function Portal:leads(change) return control(self, "POST", "/_fake/leads", chang
 -- @tparam[opt] table rule
 -- @treturn table what churn did so far
 function Portal:churn(rule) return control(self, "POST", "/_fake/churn", rule or {}) end
+
+--- Events (bitrix24.fake.events): the portal's `application_token`, its
+-- event bindings, the `deliveries` (each POST of an event: `url`, `event`,
+-- `status` the handler answered, or `error`) and the offline `queue`.
+-- @treturn table
+function Portal:events() return control(self, "GET", "/_fake/events") end
+
+--- Fires an event to its bindings (online ones get a form POST, offline
+-- ones a queue record), or to `url` only: `{ event =, data =, url =, auth = }`,
+-- `auth` overriding fields of the event's auth block.
+-- @tparam table t
+-- @treturn table what was fired
+function Portal:fire(t) return control(self, "POST", "/_fake/fire", t) end
+
+--- POSTs ONAPPINSTALL, with the tokens and the application token, to
+-- `t.url`; `t.auth` overrides fields of its auth block.
+-- @tparam table t
+-- @treturn table
+function Portal:install(t) return control(self, "POST", "/_fake/install", t) end
+
+--- POSTs ONAPPUNINSTALL (no tokens) to `t.url`; the app's bindings and
+-- queue go.
+-- @tparam table t `url`, and `clean`
+-- @treturn table
+function Portal:uninstall(t) return control(self, "POST", "/_fake/uninstall", t) end
 
 --- Back to the initial data: empty log, no faults, no churn, the initial
 -- limits and costs. `{ tokens = true }` also issues new tokens,

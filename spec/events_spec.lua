@@ -1,0 +1,395 @@
+-- Receiving events in plain Lua (every Lua version): bitrix24.events.parse,
+-- the verification in events.receive (file stores, a real fake portal for
+-- ONAPPINSTALL's app.info check), client:bind/unbind/event_bindings, and
+-- the offline consumer surviving a kill -9 between get and clear.
+
+local support = require "support"
+local bitrix24 = require "bitrix24"
+local events = require "bitrix24.events"
+local form = require("bitrix24.fake.events").form
+
+local function count_keys(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n
+end
+
+local function tmpdir()
+  local p = io.popen('mktemp -d "${TMPDIR:-/tmp}/b24-events-spec.XXXXXXXX"')
+  local dir = p:read("*l")
+  p:close()
+  return dir
+end
+
+describe("events.parse", function()
+  it("nests PHP keys, appends [] arrays, decodes + and %XX", function()
+    local t = assert(events.parse("event=ONCRMLEADUPDATE&data%5BFIELDS%5D%5BID%5D=1000983&ts=1700000000"
+      .. "&auth[domain]=a.bitrix24.com&auth[member_id]=abc&l[]=x&l[]=y+z&l[]=%26%3D&e", nil))
+    assert.same({ event = "ONCRMLEADUPDATE", data = { FIELDS = { ID = "1000983" } }, ts = "1700000000",
+      auth = { domain = "a.bitrix24.com", member_id = "abc" }, l = { "x", "y z", "&=" }, e = "" }, t)
+  end)
+
+  it("keeps explicit numeric keys as strings and lets the last duplicate win, as PHP", function()
+    local t = assert(events.parse("a[0]=x&a[1]=y&k=1&k=2&s[b]=1&s=flat&f=flat&f[b]=2",
+      "application/x-www-form-urlencoded; charset=utf-8"))
+    assert.same({ a = { ["0"] = "x", ["1"] = "y" }, k = "2", s = "flat", f = { b = "2" } }, t)
+  end)
+
+  it("parses a body of 500 fields by default, and refuses one over max_fields", function()
+    local parts = { "event=ONCRMLEADUPDATE" }
+    for i = 1, 499 do parts[#parts + 1] = "data[FIELDS][F" .. i .. "]=" .. i end
+    local t = assert(events.parse(table.concat(parts, "&")))
+    assert.equal(499, count_keys(t.data.FIELDS))
+    assert.equal("499", t.data.FIELDS.F499)
+    local t2, err = events.parse(table.concat(parts, "&"), nil, { max_fields = 499 })
+    assert.is_nil(t2)
+    assert.matches("more than 499 fields", err)
+  end)
+
+  it("refuses malformed bodies with a reason instead of dropping fields", function()
+    for body, why in pairs {
+      ["a[b=1"] = "brackets do not close", ["a=%zz"] = "bad %%%-escape", ["a=%4"] = "bad %%%-escape",
+      ["=1"] = "no name", ["a=1&[x]=2"] = "no name",
+    } do
+      local t, err = events.parse(body)
+      assert.is_nil(t, body)
+      assert.matches(why, err, 1)
+    end
+  end)
+
+  it("limits depth and size", function()
+    local t, err = events.parse("a" .. string.rep("[x]", 40) .. "=1")
+    assert.is_nil(t)
+    assert.matches("deeper than 32", err)
+    assert.truthy(events.parse("a" .. string.rep("[x]", 31) .. "=1"))
+    t, err = events.parse("a=" .. string.rep("x", 300 * 1024))
+    assert.is_nil(t)
+    assert.matches("larger than 262144 bytes", err)
+  end)
+
+  it("takes JSON bodies, and refuses other types", function()
+    local t = assert(events.parse('{"event":"ONAPPTEST","data":{"FIELDS":{"ID":5}}}', "application/json"))
+    assert.equal(5, t.data.FIELDS.ID)
+    assert.is_nil((events.parse("[1]", "application/json")))
+    assert.is_nil((events.parse("{", "application/json")))
+    local none, err = events.parse("x", "multipart/form-data; boundary=z")
+    assert.is_nil(none)
+    assert.matches("unsupported content type multipart/form%-data", err)
+  end)
+
+  it("raises on a body that is not a string", function()
+    assert.has_error(function() events.parse(nil) end, "bitrix24: events.parse: body must be a string, got nil")
+  end)
+end)
+
+describe("events.same_token", function()
+  it("is true only for the same non-empty string", function()
+    assert.is_true(events.same_token("abcdef", "abcdef"))
+    assert.is_false(events.same_token("abcdef", "abcdeg"))
+    assert.is_false(events.same_token("abcdef", "abcde"))
+    assert.is_false(events.same_token("abcdef", "abcdefabcdef"))
+    assert.is_false(events.same_token("abcdef", ""))
+    assert.is_false(events.same_token("", ""))
+    assert.is_false(events.same_token("abcdef", nil))
+  end)
+end)
+
+describe("events.receive", function()
+  local portal, dir, app_token, seen, cfg
+
+  local function body(name, auth, data)
+    local a = {
+      domain = "127.0.0.1:" .. portal.port, client_endpoint = portal.oauth_endpoint,
+      server_endpoint = portal.oauth_endpoint, member_id = portal.member_id, application_token = app_token,
+      access_token = portal.access_token, refresh_token = portal.refresh_token, expires_in = "3600",
+    }
+    for k, v in pairs(auth or {}) do a[k] = v ~= false and v or nil end
+    if data == false then data = nil else data = data or { FIELDS = { ID = 7 } } end
+    return form { event = name, data = data, ts = 1700000000, auth = a }
+  end
+
+  local function read_store(name)
+    local t = bitrix24.file_store(dir .. "/" .. name .. ".json"):load()
+    return t
+  end
+
+  setup(function()
+    portal = support.start_portal { rate = 1000, burst = 100000 }
+    app_token = portal:events().application_token
+    dir = tmpdir()
+    seen = {}
+    cfg = {
+      store = events.file_stores(dir), client_id = portal.client_id, client_secret = portal.client_secret,
+      token_url = portal.token_url, client_opts = support.opts(),
+      install = { domains = { "127.0.0.1:" .. portal.port } },
+      log = function(msg) seen[#seen + 1] = { log = msg } end,
+      on = {
+        ONCRMLEADUPDATE = function(event, client)
+          local lead = client and client:call("crm.lead.get", { id = event.data.FIELDS.ID })
+          seen[#seen + 1] = { event = event.event, id = event.data.FIELDS.ID, title = lead and lead.TITLE }
+        end,
+        OnAppTest = function() error("boom " .. app_token) end,   -- names are matched in any case
+      },
+    }
+  end)
+  teardown(function()
+    portal:stop()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  it("rejects an unknown portal before any install, running nothing", function()
+    local status, job, why = events.receive(cfg, body("ONCRMLEADUPDATE"))
+    assert.equal(401, status)
+    assert.is_nil(job)
+    assert.equal("unknown portal", why)
+    assert.is_nil(read_store(portal.member_id .. ".app"))
+  end)
+
+  it("refuses ONAPPINSTALL from a domain not listed, or whose token the portal does not accept", function()
+    local status, _, why = events.receive(cfg, body("ONAPPINSTALL", { domain = "evil.example.com",
+      client_endpoint = "https://evil.example.com/rest/" }))
+    assert.equal(401, status)
+    assert.matches("not in cfg.install.domains", why)
+    status, _, why = events.receive(cfg, body("ONAPPINSTALL", { access_token = "forgedforgedforged" }))
+    assert.equal(401, status)
+    assert.matches("did not accept its access_token", why)
+    assert.is_nil(why:find("forgedforgedforged", 1, true))
+    local nocfg = {}
+    for k, v in pairs(cfg) do nocfg[k] = v end
+    nocfg.install = nil
+    status, _, why = events.receive(nocfg, body("ONAPPINSTALL"))
+    assert.equal(401, status)
+    assert.matches("cfg.install is not set", why)
+    assert.is_nil(read_store(portal.member_id))
+  end)
+
+  it("keeps the tokens of ONAPPINSTALL once app.info accepts them", function()
+    local status = events.receive(cfg, body("ONAPPINSTALL"))
+    assert.equal(200, status)
+    assert.same({ application_token = app_token, domain = "127.0.0.1:" .. portal.port,
+      client_endpoint = portal.oauth_endpoint, member_id = portal.member_id }, read_store(portal.member_id .. ".app"))
+    local tokens = read_store(portal.member_id)
+    assert.equal(portal.access_token, tokens.access_token)
+    assert.equal(portal.refresh_token, tokens.refresh_token)
+  end)
+
+  it("runs the handler with a client of that portal, only after a verified event", function()
+    seen = {}
+    local status, job = events.receive(cfg, body("ONCRMLEADUPDATE", { access_token = false, refresh_token = false }))
+    assert.equal(200, status)
+    assert.equal(0, #seen)   -- nothing runs before the answer
+    job()
+    assert.equal(1, #seen)
+    assert.same({ event = "ONCRMLEADUPDATE", id = "7", title = seen[1].title }, seen[1])
+    assert.is_string(seen[1].title)
+  end)
+
+  it("rejects a forged, missing or other portal's token and an invalid member_id", function()
+    for _, auth in ipairs {
+      { application_token = "x" .. app_token }, { application_token = false },
+      { application_token = app_token:sub(1, -2) }, { member_id = "0123456789abcdef0123456789abcdef" },
+      { member_id = "../../etc/passwd" }, { member_id = "offline" }, { member_id = false },
+    } do
+      local status, job = events.receive(cfg, body("ONCRMLEADUPDATE", auth))
+      assert.equal(401, status)
+      assert.is_nil(job)
+    end
+    assert.equal(400, (events.receive(cfg, "event=X&auth[member_id]=%zz")))
+    assert.equal(401, (events.receive(cfg, "event=ONCRMLEADUPDATE")))
+  end)
+
+  it("logs a failing handler's error with the event and portal, without the token", function()
+    seen = {}
+    local status, job = events.receive(cfg, body("ONAPPTEST"))
+    assert.equal(200, status)
+    assert.is_false(job())
+    local msg = seen[1].log
+    assert.matches("ONAPPTEST", msg)
+    assert.matches(portal.member_id, msg)
+    assert.matches("boom", msg)
+    assert.is_nil(msg:find(app_token, 1, true))
+  end)
+
+  it("accepts a verified event with no handler, and an outgoing webhook's fixed token", function()
+    local status, job = events.receive(cfg, body("ONCRMLEADDELETE"))
+    assert.equal(200, status)
+    assert.is_nil(job)
+    local hook = { webhook_token = "fixed-token-of-the-webhook", on = { ONCRMLEADADD = function() end } }
+    local signed = body("ONCRMLEADADD", { application_token = "fixed-token-of-the-webhook" })
+    assert.equal(200, (events.receive(hook, signed)))
+    assert.equal(401, (events.receive(hook, body("ONCRMLEADADD"))))
+  end)
+
+  it("removes the portal's tokens on a verified ONAPPUNINSTALL, and then knows it no more", function()
+    assert.equal(401, (events.receive(cfg, body("ONAPPUNINSTALL", { application_token = "forged-token-1234" }))))
+    assert.equal(portal.access_token, read_store(portal.member_id).access_token)
+    local status = events.receive(cfg, body("ONAPPUNINSTALL", { access_token = false, refresh_token = false }))
+    assert.equal(200, status)
+    assert.same({}, read_store(portal.member_id))
+    assert.same({}, read_store(portal.member_id .. ".app"))
+    assert.equal(401, (events.receive(cfg, body("ONCRMLEADUPDATE"))))
+  end)
+
+  it("takes the install callback of an API-only app (auth fields, no event) as ONAPPINSTALL", function()
+    assert.same({}, read_store(portal.member_id .. ".app"))
+    local status = events.receive(cfg, body(nil, nil, false))
+    assert.equal(200, status)
+    assert.equal(app_token, read_store(portal.member_id .. ".app").application_token)
+    assert.equal(portal.access_token, read_store(portal.member_id).access_token)
+    local nocfg = {}
+    for k, v in pairs(cfg) do nocfg[k] = v end
+    nocfg.install = nil
+    assert.equal(400, (events.receive(nocfg, body(nil))))   -- without install: no event name
+  end)
+
+  it("raises on a bad cfg", function()
+    assert.has_error(function() events.receive({ on = {} }, "") end,
+      "bitrix24: events: cfg.store (per-portal stores) or cfg.webhook_token is required")
+    assert.has_error(function() events.receive({ store = 1 }, "") end,
+      "bitrix24: events: cfg.store must be a function, got number")
+  end)
+end)
+
+describe("event bindings", function()
+  local portal, client
+
+  setup(function()
+    portal = support.start_portal { rate = 1000, burst = 100000 }
+    client = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+      support.opts())
+  end)
+  teardown(function() portal:stop() end)
+
+  it("binds, lists and unbinds online and offline handlers", function()
+    assert.is_true(client:bind("OnCrmLeadUpdate", "http://127.0.0.1:9/h"))
+    assert.is_true(client:bind("ONCRMLEADADD", nil, { event_type = "offline" }))
+    local list = assert(client:event_bindings())
+    assert.same({ { event = "ONCRMLEADUPDATE", handler = "http://127.0.0.1:9/h", auth_type = "0", offline = 0 },
+      { event = "ONCRMLEADADD", handler = "", auth_type = "0", offline = 1 } }, list)
+    local again, err = client:bind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h")
+    assert.is_nil(again)
+    assert.equal("Unable to set event handler", err.description)
+    assert.same({ count = 1 }, client:unbind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h"))
+    assert.same({ count = 1 }, client:unbind("ONCRMLEADADD", nil, { event_type = "offline" }))
+    assert.same({}, client:event_bindings())
+    local none
+    none, err = client:bind("ONNOSUCHEVENT", "http://127.0.0.1:9/h")
+    assert.is_nil(none)
+    assert.equal("ERROR_EVENT_NOT_FOUND", err.code)
+  end)
+
+  it("raises for a webhook client and bad arguments, sending nothing", function()
+    local hook = bitrix24.webhook(portal.webhook_url, support.opts())
+    local before = #portal:requests()
+    assert.has_error(function() hook:bind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h") end)
+    local ok, err = pcall(function() hook:bind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h") end)
+    assert.is_false(ok)
+    assert.matches("^spec/events_spec.lua:%d+: bitrix24: bind: Bitrix24's event methods take application "
+      .. "%(OAuth%) auth only", err)
+    ok, err = pcall(function() hook:event_bindings() end)
+    assert.matches("^spec/events_spec.lua:%d+: bitrix24: event_bindings:", err)
+    ok, err = pcall(function() events.consume_offline(hook, {}) end)
+    assert.matches("^spec/events_spec.lua:%d+: bitrix24: consume_offline:", err)
+    assert.has_error(function() hook:event_bindings() end)
+    assert.has_error(function() hook:unbind("ONCRMLEADUPDATE", "http://127.0.0.1:9/h") end)
+    assert.has_error(function() events.consume_offline(hook, { store = {}, handler = print }) end)
+    assert.has_error(function() events.consume_offline(nil, {}) end,
+      "bitrix24: consume_offline: Bitrix24's event methods take application (OAuth) auth only, and this is "
+      .. "not an OAuth client (outgoing webhooks are set up in Bitrix24's UI)")
+    assert.has_error(function() client:bind("ONCRMLEADADD", "http://x/", { event_type = "offline" }) end)
+    assert.has_error(function() client:bind("ONCRMLEADADD", "ftp://x/") end)
+    assert.has_error(function() client:bind("ONCRMLEADADD", "http://x/", { nope = 1 }) end)
+    assert.equal(before, #portal:requests())
+  end)
+end)
+
+describe("the offline consumer", function()
+  local portal, client, dir
+
+  setup(function()
+    portal = support.start_portal { rate = 1000, burst = 100000 }
+    client = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+      support.opts())
+    dir = tmpdir()
+  end)
+  teardown(function()
+    portal:stop()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  local function queued()
+    local rows = assert(client:call("event.offline.list"))
+    return rows
+  end
+
+  -- A child process consuming the queue; it kills itself with SIGKILL
+  -- after handling `die_after` events (before their clear).
+  local failing
+  local function run_child(die_after)
+    local script = [[
+      package.path = "lua/?.lua;" .. package.path
+      package.cpath = "build/]] .. support.LUA_VERSION .. [[/?.so;" .. package.cpath
+      local bitrix24 = require "bitrix24"
+      local events = require "bitrix24.events"
+      local dir, n, die_after = arg[1], 0, tonumber(arg[2])
+      local client = bitrix24.oauth({ endpoint = arg[3], access_token = arg[4] },
+        { rate = 1000, burst = 100000, tries = 1 })
+      local handled, err = events.consume_offline(client, {
+        store = bitrix24.file_store(dir .. "/offline.json"), limit = 4,
+        handler = function(ev)
+          local f = assert(io.open(dir .. "/handled.log", "a"))
+          f:write(ev.EVENT_NAME, " ", ev.EVENT_DATA.FIELDS.ID, "\n")
+          f:close()
+          n = n + 1
+          if n == die_after then
+            local pid = io.open("/proc/self/stat"):read("*l"):match("^%d+")
+            os.execute("kill -9 " .. pid)
+          end
+          return tostring(ev.EVENT_DATA.FIELDS.ID) ~= arg[5]   -- this lead's handler fails
+        end,
+      })
+      print(handled, err)
+    ]]
+    local path = dir .. "/child.lua"
+    local f = assert(io.open(path, "w"))
+    f:write(script)
+    f:close()
+    return support.run("cd '" .. support.ROOT .. "' && " .. support.LUA .. " " .. path .. " " .. dir .. " "
+      .. die_after .. " " .. portal.oauth_endpoint .. " " .. portal.access_token .. " " .. failing)
+  end
+
+  it("loses nothing when killed between get and clear, and clears only what was handled", function()
+    assert.is_true(client:bind("ONCRMLEADUPDATE", nil, { event_type = "offline" }))
+    local ids = {}
+    for id = 1, 20 do
+      local new = assert(client:call("crm.lead.add", { fields = { TITLE = "lead " .. id } }))
+      ids[#ids + 1] = new
+      assert(client:call("crm.lead.update", { id = new, fields = { TITLE = "again" } }))
+      assert(client:call("crm.lead.update", { id = new, fields = { TITLE = "and again" } }))
+    end
+    failing = tostring(ids[13])
+    -- The current state, not history: one record per lead.
+    assert.equal(20, #queued())
+    local out, err, status = run_child(6)   -- killed in its second batch of 4
+    assert.equal(137, status, out .. err)
+    local state = bitrix24.file_store(dir .. "/offline.json"):load()
+    assert.is_string(state.process_id)
+    assert.equal(16, #queued())   -- the first batch was cleared, the second was not
+    local out2, err2, status2 = run_child(0)
+    assert.equal(0, status2, out2 .. err2)
+    local counts = {}
+    for line in io.lines(dir .. "/handled.log") do
+      local id = line:match("^ONCRMLEADUPDATE (%d+)$")
+      counts[id] = (counts[id] or 0) + 1
+    end
+    for _, id in ipairs(ids) do
+      assert.is_true((counts[tostring(id)] or 0) >= 1, "lead " .. id .. " never handled")
+    end
+    -- What is left: only the failure, marked as an error.
+    local left = queued()
+    local failed = {}
+    for _, r in ipairs(left) do failed[#failed + 1] = r.EVENT_DATA.FIELDS.ID .. ":" .. r.ERROR end
+    assert.same({ failing .. ":1" }, failed)
+    assert.same({}, bitrix24.file_store(dir .. "/offline.json"):load())
+  end)
+end)
