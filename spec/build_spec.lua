@@ -57,11 +57,15 @@ describe("installation", function()
     return modules, text
   end
 
-  it("every Lua module is in one rock: the fake portal's in bitrix24-fake, the rest in bitrix24", function()
+  it("every Lua module is in one rock: the fake portal's in bitrix24-fake, the rest in bitrix24, which never names bitrix24.fake", function()
     local files = support.run("cd '" .. support.ROOT .. "' && find lua -name '*.lua' | sort")
     for _, v in ipairs(ROCKS) do
       local client = rockspec_modules("bitrix24-" .. v .. ".rockspec")
       local fake = rockspec_modules("bitrix24-fake-" .. v .. ".rockspec")
+      for _, file in pairs(client) do
+        assert.is_nil(support.read_file(support.ROOT .. "/" .. file):find("bitrix24.fake", 1, true),
+          file .. " (in the client rock) names the fake portal")
+      end
       local n = 0
       for file in files:gmatch("[^\n]+") do
         local module = file:gsub("^lua/", ""):gsub("%.lua$", ""):gsub("/", ".")
