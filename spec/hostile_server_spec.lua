@@ -103,7 +103,7 @@ describe("hostile servers, core.multi", function()
   local server, base
 
   setup(function() server, base = start_server() end)
-  teardown(function() stop_server(server) end)
+  teardown(function() child.stop(server) end)
 
   for _, c in ipairs(CASES) do
     it(title(c), function()
