@@ -22,6 +22,8 @@
 #   make test-slow            the slow specs, once, under LUA_VERSION (CI: 5.4)
 #   make demo                 crm.lead.contact.items.get against the fake portal,
 #                             or the portal in BITRIX24_WEBHOOK_URL when set
+#   make luarocks-test        luarocks test (the rockspec's test section) under
+#                             LUA_VERSION, with Debian's busted made a rock first
 #   make doc                  the API reference (LDoc, config.ld) in build/doc/
 #   make doc-check            fails when a public function has no doc comment or
 #                             LDoc warns; ends with "doc: N passed, N failed"
@@ -172,6 +174,15 @@ have-lua:
 
 demo: deps build
 	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" sh bin/demo
+
+# luarocks test looks for busted among the rocks; Debian's is not one, so
+# spec/luarocks-busted makes it one in a tree of build/.
+LUAROCKS_TREE := build/luarocks-$(LUA_VERSION)
+.PHONY: luarocks-test
+luarocks-test: deps build
+	@sh spec/luarocks-busted $(LUA_VERSION) $(LUAROCKS_TREE)
+	LUA_VERSION=$(LUA_VERSION) luarocks --lua-version=$(LUA_VERSION) --project-tree=$(LUAROCKS_TREE) \
+		test rockspecs/bitrix24-scm-1.rockspec
 
 # LDoc runs under Lua 5.1: Debian's lua-markdown, which renders the doc
 # comments' Markdown, is a 5.1 module.
