@@ -19,6 +19,9 @@ local batch = require "bitrix24.batch"
 local paging = require "bitrix24.paging"
 local auth = require "bitrix24.auth"
 local limiter = require "bitrix24.limiter"
+local pipeline = require "bitrix24.pipeline"
+local fanout = require "bitrix24.fanout"
+local runtime = require "bitrix24.runtime"
 
 -- Programmer errors: the checks below return nil and why; each public
 -- function raises why once, blaming its caller (errors.raise(2, why)).
@@ -55,6 +58,7 @@ local Client = {}
 -- @tfield[opt=5] number tries tries per call, the first included
 -- @tfield[opt=false] boolean retry_writes also repeat writes after a lost answer
 -- @tfield[opt=480] number operating_limit seconds of server time per method per 10 minutes
+-- @tfield[opt=1] number parallel the most requests in flight for `calls`, `batch` and `lead_contacts`
 -- @tfield[opt] string|table transport `"curl"`, `"nginx"` or an object with `call`, `request` and `close` (default: nginx's cosockets inside nginx, else libcurl)
 local OPTIONS = {
   timeout = "number", connect_timeout = "number", allow_http = "boolean",
@@ -63,7 +67,7 @@ local OPTIONS = {
   on_request = "function", on_response = "function",
   rate = "number", burst = "number", plan = "string", budget = "table", rate_limit = "boolean",
   max_wait = "number", deadline = "number", tries = "number", retry_writes = "boolean",
-  operating_limit = "number", transport = "any",
+  operating_limit = "number", transport = "any", parallel = "number",
 }
 
 -- Returns the options (a table), or nil and why.
@@ -96,36 +100,12 @@ local function check_opts(opts)
   if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
     return nil, fail("opts.tries must be a whole number")
   end
+  local bad = fanout.check(opts.parallel, "")
+  if bad then return nil, bad end
   return opts
 end
 
--- Plain Lua blocks in a real sleep; inside nginx, ngx.sleep lets the
--- worker serve others meanwhile.
-local function environment()
-  local ngx = rawget(_G, "ngx")
-  if type(ngx) == "table" and type(ngx.sleep) == "function" then
-    return { sleep = ngx.sleep, now = function() ngx.update_time(); return ngx.now() end }
-  end
-  return { sleep = core.sleep, now = core.now }
-end
-
 local warned_tls = false
-
--- Inside nginx (ngx_lua) a blocking libcurl call would stall every request
--- the worker serves, so requests go through nginx's cosockets there.
--- opts.transport: "curl", "nginx", or an object with the same methods as
--- core.http's handle (call, request, close).
-local function open_transport(opts, http_opts)
-  local kind = opts.transport
-  if kind == nil then
-    local ngx = rawget(_G, "ngx")
-    kind = type(ngx) == "table" and type(ngx.socket) == "table" and type(ngx.get_phase) == "function"
-      and "nginx" or "curl"
-  end
-  if kind == "curl" then return core.http(http_opts) end
-  if kind == "nginx" then return require("bitrix24.transport.nginx").new(http_opts) end
-  return kind
-end
 
 local function new_client(credentials, opts)
   if opts.tls_verify == false and not warned_tls then
@@ -138,11 +118,17 @@ local function new_client(credentials, opts)
     proxy = opts.proxy, max_response = opts.max_response,
     user_agent = opts.user_agent or ("bitrix24-lua/" .. M._VERSION),
   }
-  local env = environment()
-  return setmetatable({
-    _auth = credentials, _opts = opts, _http = open_transport(opts, http_opts), _env = env,
-    _limiter = limiter.new(credentials.origin, opts, env),
+  local kind = opts.transport
+  if kind == nil then kind = runtime.nginx and "nginx" or "curl" end
+  local c = setmetatable({
+    _auth = credentials, _opts = opts, _http = runtime.transport(kind, http_opts), _http_opts = http_opts,
+    _transport_kind = type(kind) == "string" and kind or "custom",
+    _limiter = limiter.new(credentials.origin, opts, runtime),
+    _policy = { tries = opts.tries or 5, retry_writes = opts.retry_writes or false },
+    _parallel = opts.parallel or 1,
   }, Client)
+  c._io = fanout.io(c)
+  return c
 end
 
 -- A webhook client, or nil and why.
@@ -277,8 +263,8 @@ local function fail_error(a, method, code, description, status)
   }
 end
 
--- The JSON body of a call. OAuth's token is added at send time (after a
--- refresh it changes), as the last key, so it wins over a stray "auth".
+-- The JSON body of a call (OAuth's token is added at send time, see
+-- pipeline.lua).
 -- Returns the body, or nil and why.
 local function json_body(self, method, params)
   local ok, body = pcall(core.json_encode, params)
@@ -289,113 +275,6 @@ local function json_body(self, method, params)
     return nil, fail("%s: params must have string keys with OAuth (the token goes beside them)", method)
   end
   return body
-end
-
-local function with_auth(body, token)
-  if not token then return body end
-  local auth = '"auth":' .. core.json_encode(token)
-  if body == "{}" then return "{" .. auth .. "}" end
-  return body:sub(1, -2) .. "," .. auth .. "}"
-end
-
-local MAX_REDIRECTS = 3
-
--- Where a redirect may be followed: the same scheme, host and port. A
--- portal that moved to another host must not receive our secrets from a
--- redirect; the caller updates the URL instead.
-local function same_origin(a, location)
-  if type(location) ~= "string" then return nil end
-  local origin = location:match("^(https?://[^/?#]+)")
-  return origin and origin:lower() == a.origin:lower()
-end
-
-local TLS_HINT = "; if the portal's certificate comes from its own CA, pass opts.ca_file"
-  .. " (or opts.ca_path) with that CA"
-
-local function final_error(a, method, code, description, status, extra, tries)
-  if code == "PORTAL_MOVED" and type(extra) ~= "string" then
-    description = description .. " with no Location header: the portal does not say where it went"
-  elseif code == "PORTAL_MOVED" then
-    description = description .. " to " .. extra .. "; update the client's URL"
-  elseif code == "TLS_ERROR" and not description:find("lua_ssl_trusted_certificate", 1, true) then
-    -- (the nginx transport names its own remedy: opts.ca_file has no effect there)
-    description = description .. TLS_HINT
-  end
-  if tries > 1 then description = description .. " (after " .. tries .. " tries)" end
-  local err = fail_error(a, method, code, description, status)
-  err.tries = tries
-  -- The raw envelope may echo what was sent (a token, the webhook code).
-  if type(extra) == "table" then err.response = errors.redact_all(extra, a.secrets) end
-  return err
-end
-
--- POSTs a JSON body to a method: the one path every request takes.
--- Waits for the rate limit, follows same-host redirects with the same
--- POST, refreshes an expired OAuth token once, and retries what is safe
--- to retry (safe: the request changes nothing, or the caller allows
--- repeats) within the deadline. Returns the envelope, or nil and an
--- error object.
-local function perform(self, method, body, safe)
-  local a, http, opts, lim, env = self._auth, self._http, self._opts, self._limiter, self._env
-  local url, redirects, refreshed, tries = a.base .. method, 0, false, 0
-  local deadline = env.now() + lim.deadline
-  local key = methods.check_name(method)   -- checked already: the lower-case name
-  while true do
-    local ok, c, d = lim:acquire(key, deadline)
-    if not ok then return nil, final_error(a, method, c, d, nil, nil, math.max(tries, 1)) end
-    tries = tries + 1
-    local token = a.access_token
-    if opts.on_request then
-      -- The URL really requested (after a redirect, where it went), shown
-      -- without its secret.
-      local shown = url:sub(1, #a.base) == a.base and a.shown .. url:sub(#a.base + 1) or url
-      opts.on_request { method = method, url = errors.redact(shown, a.secrets) }
-    end
-    local started = opts.on_response and core.monotonic()
-    -- The attempt ends by the deadline too: the transport takes the smaller
-    -- of its own timeout and what is left (at least a moment, so it can say
-    -- TIMEOUT). A request that is not safe to repeat is marked a write, so
-    -- the transport never sends it twice on its own.
-    local left = math.max(deadline - env.now(), 0.001)
-    local result, status, code, description, extra = http:call(url, with_auth(body, token), left, not safe)
-    if not result then
-      local f = status
-      status, code, description, extra = f.status, f.code, f.description, f.envelope or f.location
-    end
-    if opts.on_response then
-      opts.on_response {
-        method = method, duration = core.monotonic() - started, status = status,
-        code = code, operating = result and type(result.time) == "table" and result.time.operating or nil,
-      }
-    end
-    if result then
-      lim:observe(key, result)
-      return result
-    end
-    local retry
-    if code == "expired_token" and a.kind == "oauth" and not refreshed then
-      refreshed = true
-      local done, rc, rd, rs = a:refresh(http, token, opts.allow_http, env.sleep)
-      if not done then return nil, final_error(a, method, rc, rd, rs, nil, tries) end
-      url = a.base .. method
-    elseif code == "PORTAL_MOVED" and same_origin(a, extra) and redirects < MAX_REDIRECTS then
-      redirects = redirects + 1
-      url = extra
-    else
-      retry = tries < lim.tries and lim:should_retry(code, status, safe)
-      local now = env.now()
-      local wait = retry == "operating" and lim:blocked_for(key, now, tries) or retry and lim:backoff(tries)
-      if retry == "operating" and (wait > lim.max_wait or now + wait > deadline) then
-        description = string.format("%s; %s unblocks at %s (in %.0f s)", description, method,
-          os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(now + wait)), wait)
-        retry = false
-      end
-      if not retry or now + wait + limiter.MIN_TRY > deadline then
-        return nil, final_error(a, method, code, description, status, extra, tries)
-      end
-      env.sleep(wait)
-    end
-  end
 end
 
 local function check_params(method, params)
@@ -428,8 +307,14 @@ local function prepare(self, name, method, params)
   return body, params
 end
 
+-- The pipeline's request for a checked call of method with its body.
+local function request(self, method, body)
+  return pipeline.request(self, method, methods.check_name(method), body,
+    self._opts.retry_writes or pipeline.is_read(method))
+end
+
 local function send(self, method, body)
-  local env, err = perform(self, method, body, self._opts.retry_writes or limiter.is_read(method))
+  local env, err = pipeline.run(self, request(self, method, body), self._io)
   if not env then return nil, err end
   return env.result, nil, env
 end
@@ -457,11 +342,87 @@ function Client:call(method, params)
   return send(self, method, body)
 end
 
+-- For the library's own bulk work (batch, lead_contacts, exports): sends
+-- `requests` with at most `parallel` in flight (nil: the client's
+-- opts.parallel) and calls on_each(i, envelope, err) for each, in the
+-- order of `requests`; on_each returning false stops the rest. A request
+-- is { method, params }, or { method = name, body = json, safe = bool }
+-- for a body made already. Every request is checked before any is sent:
+-- returns nil and why for a bad one (the caller raises it), else true.
+function Client:_send_all(requests, parallel, on_each)
+  local reqs = {}
+  for i, r in ipairs(requests) do
+    if r.body then
+      reqs[i] = pipeline.request(self, r.method, r.method:lower(), r.body, r.safe)
+    else
+      local method = r[1] or r.method
+      local body, why = prepare(self, "calls", method, r[2] or r.params)
+      if not body then return nil, why end
+      reqs[i] = request(self, method, body)
+    end
+  end
+  fanout.run(self, reqs, parallel or self._parallel, on_each)
+  return true
+end
+
+-- Checks client:calls' arguments: returns opts (a table), or nil and why.
+local function check_calls(self, list, opts)
+  local ok, why = check_client(self, "calls")
+  if not ok then return nil, why end
+  if type(list) ~= "table" then return nil, fail("calls: list must be an array of { method, params }") end
+  if opts == nil then opts = {} end
+  if type(opts) ~= "table" then return nil, fail("calls: opts must be a table, got %s", type(opts)) end
+  if opts.progress ~= nil and type(opts.progress) ~= "function" then
+    return nil, fail("calls: opts.progress must be a function")
+  end
+  local bad = fanout.check(opts.parallel, "calls: ")
+  if bad then return nil, bad end
+  for i = 1, #list do
+    if type(list[i]) ~= "table" then return nil, fail("calls: list[%d] must be a table { method, params }", i) end
+  end
+  return opts
+end
+
+--- Many calls, up to `opts.parallel` in flight.
+-- @tparam {table,...} list `{ { method, params }, ... }`
+-- @tparam[opt] table opts `parallel`, `progress` (`function(done, total)`)
+-- @treturn table results: `results[i]` is the result of the i-th call
+-- @treturn table errs: `errs[i]` the error of the i-th call
+-- @raise on a bad list, opts or call (nothing is sent)
+function Client:calls(list, opts)
+  local why
+  opts, why = check_calls(self, list, opts)
+  if not opts then errors.raise(2, why) end
+  local results, errs, done, total = {}, {}, 0, #list
+  local sent
+  sent, why = self:_send_all(list, opts.parallel, function(i, env, err)
+    if env then results[i] = env.result else errs[i] = err end
+    done = done + 1
+    if opts.progress then opts.progress(done, total) end
+  end)
+  if not sent then errors.raise(2, why) end
+  return results, errs
+end
+
+local function make_error(self)
+  return function(code, description, method) return fail_error(self._auth, method, code, description) end
+end
+
+-- Sends a batch plan's requests, together unless it halts.
+local function send_batch(self, plan, safe)
+  local parallel = plan.halt and 1 or plan.parallel
+  return batch.run(plan, function(bodies, on_each)
+    local requests = {}
+    for i, body in ipairs(bodies) do requests[i] = { method = "batch", body = body, safe = safe } end
+    self:_send_all(requests, parallel, on_each)
+  end, make_error(self))
+end
+
 --- Runs many commands through the `batch` method, 50 to a request, a
 -- command after those it references (`$result[key]`).
 -- @tparam table commands `{ key = { method, params }, ... }`
 -- @tparam[opt] table opts `halt` (stop at the first failing command),
--- `progress` (`function(done, total)`)
+-- `progress` (`function(done, total)`), `parallel` (requests in flight)
 -- @treturn table `{ key = { result =, error =, total =, next = }, ... }`
 -- @return[2] nil
 -- @treturn[2] Error when a request failed (`err.partial`: the results so far)
@@ -470,14 +431,14 @@ function Client:batch(commands, opts)
   local plan, why = check_client(self, "batch")
   if plan then plan, why = batch.plan(commands, opts) end
   if not plan then errors.raise(2, why) end
-  return batch.run(plan, function(body) return perform(self, "batch", body, plan.reads_only) end,
-    function(code, description, method) return fail_error(self._auth, method, code, description) end)
+  return send_batch(self, plan, plan.reads_only)
 end
 
 --- The contacts of many leads, `crm.lead.contact.items.get` for each, 50 leads
 -- to a batch request.
 -- @tparam {integer,...} ids lead ids
--- @tparam[opt] table opts `progress` (`function(done, total)`)
+-- @tparam[opt] table opts `progress` (`function(done, total)`), `parallel`
+-- (requests in flight)
 -- @treturn table rows by lead id
 -- @treturn table errors by lead id
 -- @return[2] nil
@@ -488,8 +449,7 @@ function Client:lead_contacts(ids, opts)
   if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
   if plan == nil then errors.raise(2, keys) end   -- keys is why here
   if not plan then return {}, {} end              -- no ids: nothing to send
-  local results, err = batch.run(plan, function(body) return perform(self, "batch", body, true) end,
-    function(code, description, method) return fail_error(self._auth, method, code, description) end)
+  local results, err = send_batch(self, plan, true)
   return batch.by_lead(keys, results, err)
 end
 
@@ -498,7 +458,7 @@ end
 -- @tparam string method a list method, e.g. `"crm.lead.list"`
 -- @tparam[opt] table params
 -- @tparam[opt] table opts `fast = true`: pages by `>ID` with `start = -1`
--- (no count), for big exports
+-- (no count), for big exports; `progress` (`function(done, total)`); `parallel`
 -- @treturn function the iterator: each row, or `nil, err` once when a page failed
 -- @raise on a bad method name, params or opts (nothing is sent)
 function Client:each(method, params, opts)
@@ -510,7 +470,8 @@ function Client:each(method, params, opts)
     -- Checked above with the caller's params: pages only add paging keys.
     local page_body, bad = json_body(self, method, page_params)
     if not page_body then errors.raise(1, bad) end
-    return perform(self, method, page_body, true)
+    local req = pipeline.request(self, method, methods.check_name(method), page_body, true)
+    return pipeline.run(self, req, self._io)
   end)
 end
 
@@ -530,7 +491,8 @@ Namespace.__index = function(ns, key)
   return namespace(rawget(ns, "_client"), rawget(ns, "_name") .. "." .. key)
 end
 
-local CLIENT_METHODS = { "batch", "bind", "call", "close", "each", "event_bindings", "lead_contacts", "unbind" }
+local CLIENT_METHODS = { "batch", "bind", "call", "calls", "close", "each", "event_bindings", "lead_contacts",
+  "unbind" }
 
 -- Edit distance of two short words (insertions, deletions, substitutions).
 local function distance(a, b)
@@ -586,11 +548,18 @@ function Client:__index(key)
 end
 
 --- Frees the connection; the client cannot be used afterwards (a call
--- raises). Also `__close` and `__gc`.
+-- raises). Also `__close` and `__gc`. Called during a fan-out (from a
+-- callback), it stops the requests in flight; those not finished end with
+-- `CANCELLED`.
 function Client:close()
   if self._http then
     self._http:close()
     self._http = nil
+  end
+  local m = rawget(self, "_multi_handle")
+  if m then
+    m:close()
+    self._multi_handle = nil
   end
 end
 

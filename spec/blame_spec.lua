@@ -120,8 +120,9 @@ describe("a name on the client that is not a method", function()
 
   it("without a close method, says how one-word REST methods are called", function()
     local msg = raises(function() client.profile() end)
-    assert.equal("bitrix24: client:profile is not a method of the client (its methods: batch, bind, call, close,"
-      .. ' each, event_bindings, lead_contacts, unbind); the typed form needs a dotted method name such as client.crm.lead.list{},'
+    assert.equal("bitrix24: client:profile is not a method of the client (its methods: batch, bind, call, calls,"
+      .. ' close, each, event_bindings, lead_contacts, unbind); the typed form needs a dotted method name such as'
+      .. ' client.crm.lead.list{},'
       .. ' and client:call("profile") calls any method', msg)
   end)
 

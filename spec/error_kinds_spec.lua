@@ -37,6 +37,14 @@ describe("error kinds", function()
 
   -- How to make each client code happen; each returns the error.
   local TRIGGERS = {
+    CANCELLED = function()
+      -- client:close() from a progress callback while calls are in flight.
+      local c = webhook({ parallel = 4 })
+      local list = {}
+      for i = 1, 8 do list[i] = { ITEMS_GET, { id = 1 } } end
+      local _, errs = c:calls(list, { progress = function() c:close() end })
+      return errs[8]
+    end,
     NETWORK_ERROR = function()
       local c = bitrix24.webhook("http://127.0.0.1:" .. closed_port() .. "/rest/1/abcd1234/", support.opts())
       return select(2, c:call(ITEMS_GET, { id = 1 }))

@@ -185,6 +185,25 @@ group("core.multi: answered, aborted, closed and collected in flight", 300, func
   return answered == ({ [0] = 4, 3, 0 })[way] or way > 2, "answered " .. answered
 end)
 
+-- client:calls over core.multi (the scheduler's coroutines): 8 calls, 4 in
+-- flight, each round ending another way: all answered (one an error), the
+-- client closed from a progress callback, or a raise from it.
+local fan_calls = {}
+for id = 1, 8 do fan_calls[id] = { ITEMS_GET, { id = id == 5 and 13 or id } } end
+group("client:calls, 4 in flight: answered, closed and raised mid-way", 300, function(i)
+  local c = bitrix24.webhook(portal.webhook_url, support.opts { parallel = 4, timeout = 30 })
+  local way = i % 3
+  local ok, results, errs = pcall(c.calls, c, fan_calls, { progress = function(done)
+    if done == 2 and way == 1 then c:close() end
+    if done == 2 and way == 2 then error("stop") end
+  end })
+  c:close()
+  if way == 2 then return not ok and tostring(results):find("stop", 1, true) ~= nil, tostring(results) end
+  if not ok then return false, tostring(results) end
+  if way == 1 then return errs[8] ~= nil and errs[8].code == "CANCELLED", errs[8] and tostring(errs[8]) end
+  return results[1] ~= nil and errs[5] ~= nil and errs[5].code == "ACCESS_DENIED", "unexpected results"
+end)
+
 -- OAuth: a refresh that fails at the token endpoint, then one that works.
 local info = portal:info()
 local function oauth_client()

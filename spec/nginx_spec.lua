@@ -463,6 +463,94 @@ describe("inside nginx #nginx", function()
     end)
   end)
 
+  -- (After the OAuth tests of config.oauth's tokens: these reset them.)
+  describe("fan-out (client:calls with parallel) #nginx", function()
+    local N, DELAY = 50, 0.2
+
+    -- Starts a GET in the background; returns a function giving its body.
+    local function background_get(url)
+      local out = os.tmpname()
+      os.execute("curl -s --max-time 60 -o " .. quote(out) .. " " .. quote(url) .. " &")
+      return function()
+        local deadline = socket.gettime() + 60
+        while socket.gettime() < deadline do
+          local body = support.read_file(out)
+          local ok, t = pcall(cjson.decode, body)
+          if ok and type(t) == "table" then
+            os.remove(out)
+            return t
+          end
+          socket.sleep(0.05)
+        end
+        error("no answer from " .. url)
+      end
+    end
+
+    it("one handler's 50 calls of 200 ms, 10 in flight, while the worker answers others", function()
+      portal:fault { method = "crm.lead.contact.items.get", kind = "latency", delay = DELAY, times = N }
+      local result = background_get(base .. "/t/fanout?n=" .. N .. "&parallel=10")
+      socket.sleep(0.3)
+      -- A probe to the same (only) worker while the fan-out is under way.
+      local t0 = socket.gettime()
+      local status = get(base .. "/t/hits")
+      local probe = socket.gettime() - t0
+      local r = result()
+      io.stderr:write(string.format("\n[nginx_spec] fan-out: %d x %.0f ms calls, 10 in flight, in %.2f s;"
+        .. " probe answered in %.3f s\n", N, DELAY * 1000, r.elapsed, probe))
+      assert.equal(200, status)
+      -- One by one they would take 10 s; 10 at a time, about 1 s.
+      assert.is_true(r.elapsed < 5, string.format("took %.2f s", r.elapsed))
+      assert.is_true(probe < r.elapsed, string.format("probe %.2f s, fan-out %.2f s", probe, r.elapsed))
+      -- Each result at its own index: what a direct call returns for that lead.
+      local bitrix24 = require "bitrix24"
+      local direct = bitrix24.webhook(portal.webhook_url, support.opts())
+      for i = 1, N do
+        local rows, err = direct:call("crm.lead.contact.items.get", { id = i })
+        if rows then
+          assert.same(rows, r.results[i], "lead " .. i)
+        else
+          assert.equal(err.code, r.codes[i])
+        end
+      end
+      direct:close()
+    end)
+
+    it("an expired OAuth token is refreshed once for all the calls in flight", function()
+      portal:reset { tokens = true }
+      local info = portal:info()
+      portal:expire_tokens()
+      local r = get_json(base .. "/t/fanout?n=20&parallel=10&oauth=1&access_token=" .. info.access_token
+        .. "&refresh_token=" .. info.refresh_token)
+      local refreshes = 0
+      for _, q in ipairs(portal:requests()) do
+        if q.method == "oauth.token" then refreshes = refreshes + 1 end
+      end
+      assert.equal(1, refreshes)
+      for i = 1, 20 do
+        if i ~= 13 then assert.is_table(r.results[i], "lead " .. i) end
+      end
+    end)
+
+    it("close() or a raise from a callback stops the other threads", function()
+      portal:fault { method = "crm.lead.contact.items.get", kind = "latency", delay = DELAY, times = 40 }
+      local r = get_json(base .. "/t/fanout?n=40&parallel=4&stop=close")
+      assert.is_table(r.results[1])
+      assert.is_table(r.results[2])
+      for i = 3, 40 do assert.equal("CANCELLED", r.codes[i]) end
+      r = get_json(base .. "/t/fanout?n=40&parallel=4&stop=raise")
+      assert.matches("stop here", r.raised)
+      -- Each stop let only the requests in flight around it reach the portal.
+      local items = 0
+      for _, q in ipairs(portal:requests()) do
+        if q.method == "crm.lead.contact.items.get" then items = items + 1 end
+      end
+      assert.is_true(items < 20, items .. " requests")
+      -- The worker goes on serving fan-outs afterwards.
+      r = get_json(base .. "/t/fanout?n=5&parallel=5")
+      for i = 1, 5 do assert.is_table(r.results[i]) end
+    end)
+  end)
+
   describe("phases without cosockets", function()
     it("a call in init_worker_by_lua raises an error naming the phase", function()
       assert.is_true(log_has("cannot call Bitrix24 in nginx's init_worker phase"), error_log())

@@ -11,7 +11,7 @@
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
-local shared_dict = require "bitrix24.shared_dict"
+local store = require "bitrix24.store"
 local fail = errors.message
 
 local json = cjson.new()
@@ -337,6 +337,13 @@ function Tokens:refresh(http, used, allow_http, sleep)
   return a, b, c, d
 end
 
+-- The tokens as a store keeps them, or nil and why.
+local function encode(tokens)
+  local ok, text = pcall(json.encode, tokens)
+  if not ok then return nil, "cannot encode the tokens: " .. tostring(text) end
+  return text
+end
+
 --- A token store in a file, safe for several processes on one machine:
 --- refreshes take a lock beside it, and writes replace it atomically
 --- (mode 0600).
@@ -344,33 +351,26 @@ function M.file_store(path)
   if type(path) ~= "string" or path == "" then
     errors.raise(2, "file_store: path must be a non-empty string")
   end
+  -- (saves are rare: each cleans up after killed writers)
+  local file = store.file(path, "always")
   return {
     path = path,
     -- A missing file is an empty store; one that cannot be read or is
     -- not a JSON object is an error, not "empty" (seeding over it would
     -- destroy a refresh token a person might still recover).
     load = function()
-      local f, err, errno = io.open(path, "rb")
-      if not f then
-        if errno == 2 then return nil end   -- ENOENT
-        return nil, tostring(err)
-      end
-      local text = f:read("*a")
-      f:close()
-      local t = core.json_decode(text)
+      local there, t = file:read()
+      if there == nil then return nil, t end
+      if not there then return nil end
       if type(t) ~= "table" then return nil, path .. " is not a JSON object" end
       return t
     end,
     save = function(_, tokens)
-      local ok, text = pcall(json.encode, tokens)
-      if not ok then return nil, "cannot encode the tokens: " .. tostring(text) end
-      return core.write_file(path, text, true)   -- rare: clean up after killed writers each time
+      local text, err = encode(tokens)
+      if not text then return nil, err end
+      return file:write(text)
     end,
-    lock = function()
-      local lock, err = core.lock(path .. ".lock", 60)
-      if not lock then return nil, err end
-      return function() lock:unlock() end
-    end,
+    lock = function() return file:lock() end,
   }
 end
 
@@ -380,27 +380,25 @@ end
 --- (several apps can share a dict).
 function M.shared_dict_store(dict, key)
   local why
-  dict, why = shared_dict.resolve(dict, "shared_dict_store")
+  dict, why = store.resolve(dict, "shared_dict_store")
   if not dict then errors.raise(2, why) end
   local name = "bitrix24:tokens:" .. tostring(key or "default")
+  -- The lock is held across the token request, so it expires after 30 s
+  -- in case the worker holding it dies.
+  local entry = store.dict(dict, name, name .. ":lock", 30, 30, 0.005)
   return {
     load = function()
-      local raw = dict:get(name)
-      if raw == nil then return nil end
-      local t = type(raw) == "string" and core.json_decode(raw)
+      local there, t = entry:read()
+      if not there then return nil end
       if type(t) ~= "table" then return nil, "the shared dict's " .. name .. " is not a JSON object" end
       return t
     end,
     save = function(_, tokens)
-      local ok, text = pcall(json.encode, tokens)
-      if not ok then return nil, "cannot encode the tokens: " .. tostring(text) end
-      return dict:set(name, text)
+      local text, err = encode(tokens)
+      if not text then return nil, err end
+      return entry:write(text)
     end,
-    -- Held across the token request, so it expires after 30 s in case the
-    -- worker holding it dies.
-    lock = function()
-      return shared_dict.lock(dict, name .. ":lock", 30, 30, 0.005)
-    end,
+    lock = function() return entry:lock() end,
   }
 end
 

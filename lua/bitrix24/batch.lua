@@ -5,14 +5,17 @@
 -- batch goes out), orders them so a
 -- $result[key] reference comes after the command it names, and splits
 -- them into requests of at most 50 commands. run() sends the requests
--- and unpacks the answers.
+-- and unpacks the answers. A reference never crosses requests, so the
+-- requests are independent and may be in flight together (except with
+-- halt: a failed command must stop the requests after it).
 
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
 local methods = require "bitrix24.methods"
 local fail = errors.message
-local limiter = require "bitrix24.limiter"
+local pipeline = require "bitrix24.pipeline"
+local fanout = require "bitrix24.fanout"
 
 local json = cjson.new()
 
@@ -74,6 +77,8 @@ local function check_opts(opts)
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
     return nil, fail("batch: opts.progress must be a function")
   end
+  local bad = fanout.check(opts.parallel, "batch: ")
+  if bad then return nil, bad end
   return opts
 end
 
@@ -128,11 +133,11 @@ function M.plan(commands, opts)
   if ordered then chunks, why = chunks_of(ordered, deps) end
   if not chunks then return nil, why end
   local reads_only = true
-  for _, method in pairs(names) do reads_only = reads_only and limiter.is_read(method) end
+  for _, method in pairs(names) do reads_only = reads_only and pipeline.is_read(method) end
   return {
     reads_only = reads_only,
     cmd = cmd, methods = names, chunks = chunks,
-    total = #ordered, halt = opts.halt and true or false, progress = opts.progress,
+    total = #ordered, halt = opts.halt and true or false, progress = opts.progress, parallel = opts.parallel,
   }
 end
 
@@ -156,49 +161,65 @@ local function as_map(t)
   return m
 end
 
--- send(body) -> envelope | nil, err; make_error(code, description, method).
-function M.run(plan, send, make_error)
-  local results, done = {}, 0
-  for _, chunk in ipairs(plan.chunks) do
-    local env, err = send(body_of(plan, chunk))
-    if env and type(env.result) ~= "table" then
-      env, err = nil, make_error("BAD_RESPONSE", "the batch answer has no result map", "batch")
-    end
-    if not env then
-      err.partial = results
-      return nil, err
-    end
-    local r = env.result
-    local res, errs = as_map(r.result), as_map(r.result_error)
-    local totals, nexts, times = as_map(r.result_total), as_map(r.result_next), as_map(r.result_time)
-    local failed, missing = false, {}
-    for _, key in ipairs(chunk) do
-      local e = errs[key]
-      if res[key] == nil and e == nil then missing[#missing + 1] = key end
-      if res[key] ~= nil or e ~= nil then
-        local item = { result = res[key], total = totals[key], next = nexts[key], time = times[key] }
-        if e ~= nil then
-          failed = true
-          local code = type(e) == "table" and e.error or ""
-          local description = type(e) == "table" and e.error_description or ""
-          item.error = make_error(type(code) == "string" and code or tostring(code),
-            type(description) == "string" and description or "", plan.methods[key])
-        end
-        results[key] = item
+-- What one request's answer holds, into results. Returns nil, or the
+-- error that ends the batch; failed: a command of it failed.
+local function unpack_answer(plan, chunk, env, results, make_error)
+  if type(env.result) ~= "table" then
+    return make_error("BAD_RESPONSE", "the batch answer has no result map", "batch")
+  end
+  local r = env.result
+  local res, errs = as_map(r.result), as_map(r.result_error)
+  local totals, nexts, times = as_map(r.result_total), as_map(r.result_next), as_map(r.result_time)
+  local failed, missing = false, {}
+  for _, key in ipairs(chunk) do
+    local e = errs[key]
+    if res[key] == nil and e == nil then missing[#missing + 1] = key end
+    if res[key] ~= nil or e ~= nil then
+      local item = { result = res[key], total = totals[key], next = nexts[key], time = times[key] }
+      if e ~= nil then
+        failed = true
+        local code = type(e) == "table" and e.error or ""
+        local description = type(e) == "table" and e.error_description or ""
+        item.error = make_error(type(code) == "string" and code or tostring(code),
+          type(description) == "string" and description or "", plan.methods[key])
       end
+      results[key] = item
     end
-    -- Every command sent comes back as a result or an error, except those
-    -- a halted batch never ran (after its failed command): a command that
-    -- silently vanished would look like one that found nothing.
-    if #missing > 0 and not (plan.halt and failed) then
-      err = make_error("BAD_RESPONSE", "the batch answer has neither a result nor an error for "
-        .. table.concat(missing, ", "), "batch")
-      err.missing, err.partial = missing, results
-      return nil, err
+  end
+  -- Every command sent comes back as a result or an error, except those
+  -- a halted batch never ran (after its failed command): a command that
+  -- silently vanished would look like one that found nothing.
+  if #missing > 0 and not (plan.halt and failed) then
+    local err = make_error("BAD_RESPONSE", "the batch answer has neither a result nor an error for "
+      .. table.concat(missing, ", "), "batch")
+    err.missing = missing
+    return err
+  end
+  return nil, failed
+end
+
+-- send_all(bodies, on_each) sends the requests' bodies, calling
+-- on_each(i, envelope, err) in their order (false stops the rest);
+-- make_error(code, description, method). After a failed request, the
+-- results of the requests before it are in err.partial.
+function M.run(plan, send_all, make_error)
+  local results, done, failure = {}, 0, nil
+  local bodies = {}
+  for i, chunk in ipairs(plan.chunks) do bodies[i] = body_of(plan, chunk) end
+  send_all(bodies, function(i, env, err)
+    local chunk, failed = plan.chunks[i], false
+    if env then err, failed = unpack_answer(plan, chunk, env, results, make_error) end
+    if err then
+      failure = err
+      return false
     end
     done = done + #chunk
     if plan.progress then plan.progress(done, plan.total) end
-    if plan.halt and failed then break end
+    if plan.halt and failed then return false end
+  end)
+  if failure then
+    failure.partial = results
+    return nil, failure
   end
   return results
 end

@@ -36,6 +36,7 @@ Error.__index = Error
 -- @field RATE_LIMIT_WAIT the client's bucket would delay the call past its deadline; not sent
 -- @field OPERATING_TIME_WAIT the method's operating time unblocks too late; not sent
 -- @field NO_CONFIG `from_env` found no credentials
+-- @field CANCELLED the client was closed while the call waited or was in flight
 local CLIENT_CODES = {
   NETWORK_ERROR = "the request or the answer was lost on the network",
   TIMEOUT = "the call took longer than the timeout",
@@ -49,6 +50,7 @@ local CLIENT_CODES = {
   RATE_LIMIT_WAIT = "the client's rate-limit bucket would delay the call past its deadline; not sent",
   OPERATING_TIME_WAIT = "the method's operating time unblocks after max_wait or the deadline; not sent",
   NO_CONFIG = "no credentials in the environment",
+  CANCELLED = "the client was closed while the call waited or was in flight",
 }
 
 function Error:__tostring()

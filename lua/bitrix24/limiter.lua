@@ -1,5 +1,5 @@
--- Pacing and retries, so a bulk job never meets QUERY_LIMIT_EXCEEDED and
--- never repeats a write by accident (FACTS §5).
+-- Pacing, so a bulk job never meets QUERY_LIMIT_EXCEEDED (FACTS §5). What
+-- happens after a failure is decided in pipeline.lua.
 --
 -- The portal counts requests in a leaky bucket per portal and source IP:
 -- each request adds 1, the level drains by `rate` per second, and a
@@ -16,7 +16,8 @@
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
-local shared_dict = require "bitrix24.shared_dict"
+local store = require "bitrix24.store"
+local runtime = require "bitrix24.runtime"
 
 local json = cjson.new()
 
@@ -84,42 +85,29 @@ function M.file_budget(path)
   if type(path) ~= "string" or path == "" then
     errors.raise(2, "file_budget: path must be a non-empty string")
   end
-  -- The first write of this process also removes temp files of writers
-  -- killed mid-write (a directory scan, too costly for every request).
-  local cleaned = false
-  local function write(text)
-    local ok, err = core.write_file(path, text, not cleaned)
-    cleaned = true
-    return ok, err
-  end
+  local file = store.file(path)
   local function locked(key, fn)
-    local all, bad
-    local f = io.open(path, "rb")
-    if f then
-      all, bad = clean_states(core.json_decode(f:read("*a") or ""))
-      f:close()
-    else
-      all = {}
-    end
+    local there, decoded = file:read()
+    if there == nil then return nil, decoded end
+    local all, bad = {}, nil
+    if there then all, bad = clean_states(decoded) end
     if bad then
-      local ok, err = write(json.encode(all))
+      local ok, err = file:write(json.encode(all))
       return nil, "the budget file " .. path .. " was corrupt (" .. bad .. ")"
         .. (ok and "; it has been repaired" or "; repairing it failed: " .. tostring(err))
     end
     local text, result = apply(all, key, fn)
-    local ok, err = write(text)
+    local ok, err = file:write(text)
     if not ok then return nil, err end
     return result
   end
   return {
     path = path,
     update = function(_, key, fn)
-      local lock, err = core.lock(path .. ".lock", 60)
-      if not lock then return nil, err end
-      local ok, result, uerr = pcall(locked, key, fn)
-      lock:unlock()
+      local ok, result, err = store.locked(file, locked, key, fn)
+      if ok == nil then return nil, result end
       if not ok then return nil, "the budget file " .. path .. ": " .. tostring(result) end
-      return result, uerr
+      return result, err
     end,
   }
 end
@@ -134,31 +122,29 @@ local LOCK_POLL = 0.001   -- seconds between tries (ngx.sleep's resolution)
 
 function M.shared_dict_budget(dict)
   local why
-  dict, why = shared_dict.resolve(dict, "shared_dict_budget")
+  dict, why = store.resolve(dict, "shared_dict_budget")
   if not dict then errors.raise(2, why) end
-  local function locked(state_key, fn)
-    local raw, state = dict:get(state_key), {}
-    if raw ~= nil then
-      state = type(raw) == "string" and core.json_decode(raw)
-      if type(state) ~= "table" or not pcall(json.encode, state) then
-        dict:delete(state_key)
-        return nil, "the shared dict's " .. state_key .. " held no budget state; it has been reset"
-      end
+  local function locked(entry, fn)
+    local there, state = entry:read()
+    if not there then
+      state = {}
+    elseif type(state) ~= "table" or not pcall(json.encode, state) then
+      entry:delete()
+      return nil, "the shared dict's " .. entry.key .. " held no budget state; it has been reset"
     end
     local new_state, result = fn(state)
-    local saved, err = dict:set(state_key, json.encode(new_state))
+    local saved, err = entry:write(json.encode(new_state))
     if not saved then return nil, "shared dict: " .. tostring(err) end
     return result
   end
   return {
     dict = dict,
     update = function(_, key, fn)
-      local state_key = "bitrix24:budget:" .. key
-      local unlock, lerr = shared_dict.lock(dict, "bitrix24:lock:" .. key, LOCK_TTL, LOCK_WAIT, LOCK_POLL)
-      if not unlock then return nil, lerr end
-      local ok, result, err = pcall(locked, state_key, fn)
-      unlock()
-      if not ok then return nil, "shared dict " .. state_key .. ": " .. tostring(result) end
+      local entry = store.dict(dict, "bitrix24:budget:" .. key, "bitrix24:lock:" .. key, LOCK_TTL, LOCK_WAIT,
+        LOCK_POLL)
+      local ok, result, err = store.locked(entry, locked, entry, fn)
+      if ok == nil then return nil, result end
+      if not ok then return nil, "shared dict " .. entry.key .. ": " .. tostring(result) end
       return result, err
     end,
   }
@@ -167,8 +153,7 @@ end
 -- Inside nginx with `lua_shared_dict bitrix24 ...;` every worker shares
 -- the bucket by default; elsewhere it lives in this process.
 local function default_budget()
-  local ngx = rawget(_G, "ngx")
-  local dict = type(ngx) == "table" and type(ngx.shared) == "table" and ngx.shared.bitrix24
+  local dict = runtime.shared_dict("bitrix24")
   if dict then return M.shared_dict_budget(dict) end
   return M.memory_budget()
 end
@@ -181,8 +166,8 @@ M.MIN_TRY = 0.25
 local Limiter = {}
 Limiter.__index = Limiter
 
--- opts: rate, burst, plan, budget, max_wait, tries, deadline,
--- retry_writes, operating_limit. env: { now = fn, sleep = fn }.
+-- opts: rate, burst, plan, budget, max_wait, deadline, operating_limit.
+-- env: { now = fn }.
 function M.new(key, opts, env)
   local plan = M.PLANS[opts.plan or "standard"]
   local rate, burst = opts.rate or plan.rate, opts.burst or plan.burst
@@ -190,9 +175,8 @@ function M.new(key, opts, env)
     key = key, rate = rate, burst = burst, enabled = opts.rate_limit ~= false,
     budget = opts.budget or default_budget(),
     max_wait = opts.max_wait or 600, deadline = opts.deadline or 900,
-    tries = opts.tries or 5, retry_writes = opts.retry_writes or false,
     operating_limit = opts.operating_limit or M.OPERATING_LIMIT,
-    now = env.now, sleep = env.sleep, operating = {},
+    now = env.now, operating = {}, paused_until = 0,
   }, Limiter)
 end
 
@@ -235,20 +219,29 @@ function Limiter:reserve(deadline)
   return r
 end
 
-local function utc(t)
+-- A time as the "unblocks at" texts show it.
+function M.utc(t)
   return os.date("!%Y-%m-%d %H:%M:%S UTC", math.floor(t))
 end
+local utc = M.utc
 
--- Waits until the bucket and the method's operating time allow one more
--- request. Returns true, or nil, code, description when it would have to
--- wait past max_wait or the deadline (the client's own codes: the request
--- was not sent) or the budget failed.
-function Limiter:acquire(method, deadline)
+-- Waits (with sleep(seconds), the caller's) until the bucket and the
+-- method's operating time allow one more request. Returns true, or nil,
+-- code, description when it would have to wait past max_wait or the
+-- deadline (the client's own codes: the request was not sent) or the
+-- budget failed.
+function Limiter:acquire(method, deadline, sleep)
   -- A try started with almost nothing left of the deadline would only
   -- time out (and a write might run on the portal unseen): a wait is
   -- worth taking only while it leaves MIN_TRY for the try itself.
   deadline = deadline - M.MIN_TRY
   local now = self.now()
+  if self.paused_until > now then
+    -- The portal answered QUERY_LIMIT_EXCEEDED to one of our requests:
+    -- the others hold back too.
+    sleep(self.paused_until - now)
+    now = self.now()
+  end
   local op = self.operating[method]
   if op and op.used >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
     -- Close to the method's time budget: let the oldest minute expire
@@ -259,9 +252,8 @@ function Limiter:acquire(method, deadline)
         "%s has used %.0f s of its %g s operating time; it unblocks at %s (in %.0f s), past max_wait or "
         .. "the deadline; not sent", method, op.used, self.operating_limit, utc(op.reset_at), wait)
     end
-    self.sleep(wait)
+    sleep(wait)
     op.used = 0
-    local now = self.now()
   end
   if not self.enabled then return true end
   local r, err = self:reserve(deadline)
@@ -270,7 +262,7 @@ function Limiter:acquire(method, deadline)
     return nil, "RATE_LIMIT_WAIT", string.format(
       "the client's rate limit would delay the call %.1f s, past its deadline; not sent", r.wait)
   end
-  if r.wait > 0 then self.sleep(r.wait) end
+  if r.wait > 0 then sleep(r.wait) end
   return true
 end
 
@@ -286,38 +278,18 @@ function Limiter:observe(method, env)
   op.used, op.reset_at = t.operating, tonumber(t.operating_reset_at)
 end
 
--- Reads never change the portal, so a read whose answer was lost can be
--- sent again; anything else might have been done already.
-function M.is_read(method)
-  local m = method:lower()
-  return (m:match("%.get$") or m:match("%.list$") or m:match("%.fields$") or m:match("%.getlist$")) ~= nil
-end
-
-local NETWORK = { NETWORK_ERROR = true, TIMEOUT = true, BAD_RESPONSE = true }
-
--- What to do after a failed try: "retry" (with a delay) or nil.
--- safe: the call changes nothing (a read) or the caller allows repeats.
-function Limiter:should_retry(code, status, safe)
-  if code == "QUERY_LIMIT_EXCEEDED" then return true end   -- the portal did not run it
-  if code == "OPERATION_TIME_LIMIT" then return "operating" end
-  if not safe and not self.retry_writes then return false end
-  return NETWORK[code] or code == "INTERNAL_SERVER_ERROR" or code == "ERROR_UNEXPECTED_ANSWER"
-    or (status ~= nil and status >= 500) or false
-end
-
--- Exponential backoff with full jitter: 0.5 s, 1 s, 2 s ... capped at 30 s.
-function Limiter:backoff(try)
-  local cap = math.min(30, 0.5 * 2 ^ (try - 1))
-  return cap / 2 + math.random() * cap / 2
-end
-
--- How long until a method blocked by OPERATION_TIME_LIMIT runs again:
--- until the reset time the last answer gave, or, when that has passed or
--- no answer gave one, the next backoff step.
-function Limiter:blocked_for(method, now, try)
+-- When a method blocked by OPERATION_TIME_LIMIT runs again, as the last
+-- answer said (operating_reset_at is in whole seconds, hence the 1); nil
+-- when no answer said or that time has passed.
+function Limiter:operating_reset(method, now)
   local op = self.operating[method]
-  if op and op.reset_at and op.reset_at + 1 > now then return op.reset_at + 1 - now end
-  return self:backoff(try)
+  if op and op.reset_at and op.reset_at + 1 > now then return op.reset_at + 1 end
+  return nil
+end
+
+-- Holds every request of this client back until `t`.
+function Limiter:pause(t)
+  if t > self.paused_until then self.paused_until = t end
 end
 
 return M

@@ -7,6 +7,7 @@
 
 local errors = require "bitrix24.errors"
 local fail = errors.message
+local fanout = require "bitrix24.fanout"
 
 local M = {}
 
@@ -28,6 +29,9 @@ function M.new(method, params, opts)
   if opts.progress ~= nil and type(opts.progress) ~= "function" then
     return nil, fail("each: opts.progress must be a function")
   end
+  -- (accepted and kept for exports that send pages in parallel)
+  local bad = fanout.check(opts.parallel, "each: ")
+  if bad then return nil, bad end
   local id_key = opts.id_key or "ID"
   if opts.fast then
     local order = params.order
@@ -41,7 +45,7 @@ function M.new(method, params, opts)
   end
   return setmetatable({
     method = method, params = params, fast = opts.fast and true or false,
-    id_key = id_key, progress = opts.progress, count = 0,
+    id_key = id_key, progress = opts.progress, count = 0, parallel = opts.parallel,
   }, Pager)
 end
 

@@ -128,6 +128,46 @@ function T.oauth_shared()
   return reply(outcome(client:call("crm.lead.contact.items.get", { id = 1 })))
 end
 
+-- One handler fanning out n calls (items.get of leads 1..n) with
+-- `parallel` in flight. stop=close|raise: the progress callback closes the
+-- client or raises after the second answer. oauth=1: an OAuth client
+-- whose token the portal has expired (one refresh for all).
+function T.fanout()
+  local n, parallel = tonumber(args.n or 50), tonumber(args.parallel or 10)
+  local client
+  if args.oauth == "1" then
+    local o = config.oauth
+    client = bitrix24.oauth({
+      endpoint = o.endpoint, access_token = args.access_token, refresh_token = args.refresh_token,
+      client_id = o.client_id, client_secret = o.client_secret, token_url = o.token_url,
+    }, client_opts())
+  else
+    client = bitrix24.webhook(config.webhook_url, client_opts())
+  end
+  local list = {}
+  for i = 1, n do list[i] = { "crm.lead.contact.items.get", { id = i } } end
+  local progress
+  if args.stop == "close" then
+    progress = function(done) if done == 2 then client:close() end end
+  elseif args.stop == "raise" then
+    progress = function(done) if done == 2 then error("stop here") end end
+  end
+  ngx.update_time()
+  local started = ngx.now()
+  local ok, results, errs = pcall(client.calls, client, list, { parallel = parallel, progress = progress })
+  ngx.update_time()
+  local out = { elapsed = ngx.now() - started, results = {}, codes = {} }
+  if not ok then
+    out.raised = tostring(results)
+    return reply(out)
+  end
+  for i = 1, n do
+    out.results[i] = results[i] or cjson.null
+    out.codes[i] = errs[i] and errs[i].code or cjson.null
+  end
+  return reply(out)
+end
+
 function T.hits()
   local dict, out = ngx.shared.spec, {}
   for _, k in ipairs(dict:get_keys(0)) do

@@ -38,6 +38,9 @@ function Faults:add(spec)
     end
   end
   if f.times ~= nil then f.times = php.intval(f.times) end
+  -- after = n: the first n matching requests pass untouched (a failure in
+  -- the middle of a run).
+  if f.after ~= nil then f.after = php.intval(f.after) end
   self.list[#self.list + 1] = f
   return #self.list
 end
@@ -46,7 +49,8 @@ function Faults:clear()
   self.list = {}
 end
 
--- First fault matching `method`; consumes one of its `times`.
+-- First fault matching `method`; consumes one of its `times` (or of its
+-- `after`, letting the request pass).
 function Faults:take(method)
   for i, f in ipairs(self.list) do
     local hit
@@ -56,6 +60,10 @@ function Faults:take(method)
       hit = method:find(f.pattern) ~= nil
     else
       hit = true
+    end
+    if hit and f.after and f.after > 0 then
+      f.after = f.after - 1
+      hit = false
     end
     if hit then
       if f.times then

@@ -25,6 +25,7 @@
 -- * answers are asked for uncompressed (there is no inflate in pure Lua).
 
 local core = require "bitrix24.core"
+local runtime = require "bitrix24.runtime"
 
 local M = {}
 
@@ -49,11 +50,10 @@ local COSOCKET_PHASES = {
 }
 
 local function ngx_api()
-  local ngx = rawget(_G, "ngx")
-  if type(ngx) ~= "table" or type(ngx.socket) ~= "table" then
+  if not runtime.nginx then
     error("bitrix24: the nginx transport needs ngx_lua (OpenResty or nginx with the Lua module)", 3)
   end
-  return ngx
+  return runtime.ngx
 end
 
 local function check_phase(ngx)

@@ -1,0 +1,330 @@
+-- Many requests in flight (opts.parallel): client:calls, and batch and
+-- lead_contacts sending their requests together, against the fake portal
+-- in nginx. Answers come back in input order, the budget holds with 8 in
+-- flight, and a failure, close() or a raised error stops the others.
+
+local support = require "support"
+local bitrix24 = require "bitrix24"
+local core = require "bitrix24.core"
+
+local ITEMS_GET = "crm.lead.contact.items.get"
+
+local function statuses(portal)
+  local count = {}
+  for _, r in ipairs(portal:requests()) do
+    local s = string.format("%d", r.status)
+    count[s] = (count[s] or 0) + 1
+  end
+  return count
+end
+
+local function ids(from, to)
+  local t = {}
+  for i = from, to do t[#t + 1] = i end
+  return t
+end
+
+-- n calls of items.get for leads 1..n (lead 13 answers ACCESS_DENIED).
+local function item_calls(n)
+  local list = {}
+  for i = 1, n do list[i] = { ITEMS_GET, { id = i } } end
+  return list
+end
+
+describe("fan-out", function()
+  local portal
+
+  setup(function()
+    -- Every answer takes 50 ms, so requests really overlap.
+    portal = support.start_portal { tls = false, rate = 1000, burst = 100000, latency = 0.05 }
+  end)
+
+  teardown(function()
+    if portal then portal:stop() end
+  end)
+
+  before_each(function() portal:reset() end)
+
+  local function client(opts) return bitrix24.webhook(portal.webhook_url, support.opts(opts)) end
+
+  describe("client:calls", function()
+    it("returns each call's result or error at its own index, as one by one", function()
+      local c = client()
+      local results, errs = c:calls(item_calls(30), { parallel = 8 })
+      for i = 1, 30 do
+        local rows, err = c:call(ITEMS_GET, { id = i })
+        if i == 13 then
+          assert.is_nil(results[i])
+          assert.equal("ACCESS_DENIED", errs[i].code)
+          assert.equal(err.code, errs[i].code)
+          assert.equal(ITEMS_GET, errs[i].method)
+        else
+          assert.is_nil(errs[i], tostring(errs[i]))
+          assert.same(rows, results[i])
+        end
+      end
+      c:close()
+      assert.equal(60, #portal:requests())
+    end)
+
+    it("has up to opts.parallel calls in flight, and only one with parallel = 1", function()
+      local c = client()
+      local t0 = core.monotonic()
+      local _, errs = c:calls(item_calls(24), { parallel = 8 })
+      local together = core.monotonic() - t0
+      assert.equal("ACCESS_DENIED", errs[13].code)
+      t0 = core.monotonic()
+      c:calls(item_calls(24), { parallel = 1 })
+      local alone = core.monotonic() - t0
+      c:close()
+      -- 24 x 50 ms one by one is at least 1.2 s; 8 at a time, 3 rounds.
+      assert.is_true(alone >= 1.2, "one by one took " .. alone .. " s")
+      assert.is_true(together < alone / 2, string.format("%.2f s with 8, %.2f s with 1", together, alone))
+    end)
+
+    it("takes the client's opts.parallel when the call gives none", function()
+      local c = client { parallel = 6 }
+      local t0 = core.monotonic()
+      c:calls(item_calls(24))
+      local elapsed = core.monotonic() - t0
+      c:close()
+      assert.is_true(elapsed < 1.2, "took " .. elapsed .. " s")
+    end)
+
+    it("reports progress once per call, counting up to the total", function()
+      local c = client()
+      local seen = {}
+      c:calls(item_calls(10), { parallel = 4, progress = function(done, total) seen[#seen + 1] = done .. "/" .. total end })
+      c:close()
+      assert.same({ "1/10", "2/10", "3/10", "4/10", "5/10", "6/10", "7/10", "8/10", "9/10", "10/10" }, seen)
+    end)
+
+    it("checks every call before sending any", function()
+      local c = client()
+      local list = item_calls(5)
+      list[4] = { ITEMS_GET, { id = "x" } }
+      assert.has_error(function() c:calls(list, { parallel = 4 }) end,
+        "bitrix24: crm.lead.contact.items.get: params.id must be a positive integer, got \"x\"")
+      assert.equal(0, #portal:requests())
+      assert.has_error(function() c:calls({ "crm.lead.list" }) end,
+        "bitrix24: calls: list[1] must be a table { method, params }")
+      c:close()
+    end)
+
+    it("each takes opts.parallel and pages as before", function()
+      local c = client()
+      local plain, with = {}, {}
+      for lead in c:each("crm.lead.list", { select = { "ID" } }) do plain[#plain + 1] = lead.ID end
+      for lead in c:each("crm.lead.list", { select = { "ID" } }, { parallel = 4 }) do with[#with + 1] = lead.ID end
+      c:close()
+      assert.is_true(#plain > 0)
+      assert.same(plain, with)
+    end)
+
+    it("refuses a parallel that is not a whole number from 1 to 256", function()
+      local c = client()
+      for _, bad in ipairs { 0, 1.5, 257, "4" } do
+        assert.has_error(function() c:calls(item_calls(2), { parallel = bad }) end)
+        assert.has_error(function() c:batch({ a = { ITEMS_GET, { id = 1 } } }, { parallel = bad }) end)
+        assert.has_error(function() c:lead_contacts({ 1 }, { parallel = bad }) end)
+        assert.has_error(function() c:each("crm.lead.list", {}, { parallel = bad }) end)
+        assert.has_error(function() client { parallel = bad } end)
+      end
+      c:close()
+      assert.equal(0, #portal:requests())
+    end)
+  end)
+
+  describe("OAuth", function()
+    it("an expired token met by many calls in flight is refreshed once", function()
+      portal:reset { tokens = true }
+      local info = portal:info()
+      local refreshed = 0
+      local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, token_url = portal.token_url,
+        access_token = info.access_token, refresh_token = info.refresh_token, client_id = info.client_id,
+        client_secret = info.client_secret, on_refresh = function() refreshed = refreshed + 1 end },
+        support.opts { parallel = 8 })
+      portal:expire_tokens()
+      local results, errs = c:calls(item_calls(16))
+      c:close()
+      for i = 1, 16 do
+        if i ~= 13 then assert.is_table(results[i], tostring(errs[i])) end
+      end
+      local asked = 0
+      for _, r in ipairs(portal:requests()) do
+        if r.method == "oauth.token" then asked = asked + 1 end
+      end
+      assert.equal(1, asked)
+      assert.equal(1, refreshed)
+    end)
+  end)
+
+  describe("batch and lead_contacts", function()
+    it("send independent requests together, with the same results as one by one", function()
+      local c = client()
+      local ids_ = ids(1, 500)
+      local t0 = core.monotonic()
+      local rows, errs = assert(c:lead_contacts(ids_, { parallel = 5 }))
+      local together = core.monotonic() - t0
+      t0 = core.monotonic()
+      local rows1, errs1 = assert(c:lead_contacts(ids_, { parallel = 1 }))
+      local alone = core.monotonic() - t0
+      c:close()
+      assert.same(rows1, rows)
+      assert.same({ "ACCESS_DENIED" }, { errs[13].code })
+      assert.equal(errs1[13].code, errs[13].code)
+      assert.equal(20, #portal:requests())
+      assert.is_true(together < alone, string.format("%.2f s with 5, %.2f s with 1", together, alone))
+    end)
+
+    it("reports progress per request in order, and keeps err.partial's meaning", function()
+      local c = client()
+      local seen = {}
+      local rows = assert(c:lead_contacts(ids(1, 160), { parallel = 4,
+        progress = function(d, t) seen[#seen + 1] = d .. "/" .. t end }))
+      assert.same({ "50/160", "100/160", "150/160", "160/160" }, seen)
+      assert.equal(2, #rows[1])
+      c:close()
+    end)
+
+    it("a failure in the middle stops the others and keeps what came before it", function()
+      local c = client { tries = 1 }
+      -- The third request to arrive fails; the first two succeed.
+      portal:fault { method = "batch", kind = "error500", after = 2, times = 1 }
+      local rows, err = c:lead_contacts(ids(1, 1000), { parallel = 2 })
+      c:close()
+      assert.is_nil(rows)
+      assert.equal("INTERNAL_SERVER_ERROR", err.code)
+      -- What came back before the failure is whole: 50 leads per request.
+      local n = 0
+      for id, r in pairs(err.partial.rows) do
+        n = n + 1
+        assert.is_table(r, tostring(id))
+      end
+      for _ in pairs(err.partial.errors) do n = n + 1 end
+      assert.is_true(n <= 100 and n % 50 == 0, n .. " leads in partial")
+      -- Nothing more went out than the requests in flight around it.
+      assert.is_true(#portal:requests() <= 5, #portal:requests() .. " requests")
+    end)
+
+    it("a batch of writes with halt goes one request at a time", function()
+      local c = client()
+      local commands = {}
+      for i = 1, 120 do commands["c" .. i] = { "crm.lead.contact.items.get", { id = i } } end
+      local results = assert(c:batch(commands, { halt = true, parallel = 8 }))
+      c:close()
+      -- halt stops at lead 13's ACCESS_DENIED: the other requests never went.
+      assert.equal("ACCESS_DENIED", results.c13.error.code)
+      assert.equal(1, #portal:requests())
+    end)
+  end)
+
+  describe("stopping", function()
+    it("client:close() from a callback stops the fan-out: the rest are CANCELLED", function()
+      local c = client()
+      local results, errs = c:calls(item_calls(40), { parallel = 4, progress = function(done)
+        if done == 2 then c:close() end
+      end })
+      assert.is_table(results[1])
+      assert.is_table(results[2])
+      for i = 3, 40 do
+        assert.is_nil(results[i])
+        assert.equal("CANCELLED", errs[i].code)
+        assert.equal("client", errs[i].kind)
+      end
+      assert.is_true(#portal:requests() < 12, #portal:requests() .. " requests")
+      assert.has_error(function() c:call(ITEMS_GET, { id = 1 }) end, "bitrix24: call: the client is closed")
+      -- The same through batch: the batch fails with CANCELLED and its partial.
+      c = client()
+      local rows, err = c:lead_contacts(ids(1, 500), { parallel = 3, progress = function() c:close() end })
+      assert.is_nil(rows)
+      assert.equal("CANCELLED", err.code)
+      assert.is_table(err.partial.rows[1])
+    end)
+
+    it("a raised error from a callback stops the fan-out, and the client stays usable", function()
+      local c = client()
+      local ok, msg = pcall(c.calls, c, item_calls(40), { parallel = 4, progress = function(done)
+        if done == 3 then error("stop here") end
+      end })
+      assert.is_false(ok)
+      assert.matches("stop here", msg)
+      local sent = #portal:requests()
+      assert.is_true(sent < 12, sent .. " requests")
+      -- Nothing in flight went on afterwards, and the pool works again.
+      local results, errs = c:calls(item_calls(12), { parallel = 4 })
+      assert.equal(sent + 12, #portal:requests())
+      assert.same({}, errs)
+      for i = 1, 12 do assert.is_table(results[i]) end
+      assert.is_table((c:call(ITEMS_GET, { id = 1 })))
+      c:close()
+    end)
+
+    it("the deadline ends calls still waiting or in flight", function()
+      portal:fault { method = ITEMS_GET, kind = "latency", delay = 3 }
+      local c = client { deadline = 0.5 }
+      local t0 = core.monotonic()
+      local results, errs = c:calls(item_calls(6), { parallel = 3 })
+      local elapsed = core.monotonic() - t0
+      c:close()
+      for i = 1, 6 do
+        assert.is_nil(results[i])
+        assert.equal("TIMEOUT", errs[i].code)
+      end
+      assert.is_true(elapsed < 2.5, "took " .. elapsed .. " s")
+    end)
+  end)
+end)
+
+describe("fan-out and the budget", function()
+  local portal
+
+  setup(function()
+    portal = support.start_portal { tls = false, rate = 20, burst = 10, latency = 0.05 }
+  end)
+
+  teardown(function()
+    if portal then portal:stop() end
+  end)
+
+  before_each(function() portal:reset() end)
+
+  it("without the client's bucket, 8 in flight do meet 503 (the check below can fail)", function()
+    local c = bitrix24.webhook(portal.webhook_url, { rate_limit = false, tries = 1 })
+    local _, errs = c:calls(item_calls(60), { parallel = 8 })
+    c:close()
+    local limited = 0
+    for _, e in pairs(errs) do if e.code == "QUERY_LIMIT_EXCEEDED" then limited = limited + 1 end end
+    assert.is_true(limited > 0)
+    assert.is_true((statuses(portal)["503"] or 0) > 0)
+  end)
+
+  it("with 8 in flight never overshoots the bucket: every request counted, no 503", function()
+    local c = bitrix24.webhook(portal.webhook_url, { rate = 20, burst = 10, tries = 1 })
+    local results, errs = c:calls(item_calls(60), { parallel = 8 })
+    c:close()
+    for i = 1, 60 do
+      if i ~= 13 then assert.is_table(results[i], tostring(errs[i])) end
+    end
+    assert.equal("ACCESS_DENIED", errs[13].code)
+    assert.equal(60, #portal:requests())
+    local s = statuses(portal)
+    assert.is_nil(s["503"])
+    assert.equal(59, s["200"])
+  end)
+
+  it("a 503 seen by one request holds the others back", function()
+    -- The client thinks the bucket is large; the portal's is 10 at 20/s.
+    local c = bitrix24.webhook(portal.webhook_url, { rate = 1000, burst = 100000, tries = 8 })
+    local results, errs = c:calls(item_calls(40), { parallel = 8 })
+    c:close()
+    for i = 1, 40 do
+      if i ~= 13 then assert.is_table(results[i], tostring(errs[i])) end
+    end
+    -- Each 503 paused every request for a backoff: far fewer 503s than
+    -- requests, although nothing else paced them.
+    local s = statuses(portal)
+    assert.is_true((s["503"] or 0) > 0)
+    assert.is_true(s["503"] < 40, s["503"] .. " 503s")
+  end)
+end)
