@@ -13,7 +13,7 @@
 -- @field status the HTTP status, or nil when no answer came
 -- @field method the REST method called
 -- @field kind `"client"` for a code of `CLIENT_CODES`, else `"portal"`
--- @field response the decoded answer when there was one, secrets replaced by `***`
+-- @field response the decoded answer when there was one, each secret replaced by three asterisks
 -- @field tries how many times the request was tried
 local Error = {}
 Error.__index = Error
@@ -84,7 +84,7 @@ function M.is_error(v)
 end
 
 --- Replaces every occurrence of each secret in s (plain text, not a
--- pattern) with `***`. Secrets shorter than 4 characters are ignored: they
+-- pattern) with three asterisks. Secrets shorter than 4 characters are ignored: they
 -- would mangle ordinary words and cannot be real credentials.
 -- @param s a string (anything else is returned as it is)
 -- @tparam {string,...} secrets

@@ -19,15 +19,15 @@
 --                                member_id }: what events are verified against.
 --
 -- They are separate because a refresh saves a whole new token set over the
--- first store. member_id comes from the request, so it must look like one
+-- first store. `member_id` comes from the request, so it must look like one
 -- (hex digits, at most 64) before it names a file or key.
 --
 -- Trust (FACTS §12.2): every event but the first install is checked
--- against the application_token stored for its member_id, in constant
+-- against the `application_token` stored for its `member_id`, in constant
 -- time. ONAPPINSTALL for a portal with no stored token cannot be checked
--- that way; it is accepted only when cfg.install lists its domain, its
--- client_endpoint is that domain's /rest/, and the portal accepts its
--- access_token (app.info, called at that endpoint). Without cfg.install no
+-- that way; it is accepted only when `cfg.install` lists its domain, its
+-- `client_endpoint` is that domain's /rest/, and the portal accepts its
+-- `access_token` (app.info, called at that endpoint). Without `cfg.install` no
 -- portal can install itself: safe by default. ONAPPUNINSTALL, once
 -- verified, empties both stores. An outgoing webhook (no app) is verified
 -- against `cfg.webhook_token` instead, and needs no store.
