@@ -72,7 +72,8 @@ CURL_LIBS = $(shell pkg-config --libs libcurl)
 
 # Debian packages the build, the specs and the demo need.
 DEB_PACKAGES := make gcc libc6-dev pkg-config libcurl4-openssl-dev lua-cjson lua-socket luarocks procps \
-	lua-busted nginx-light libnginx-mod-http-lua openssl curl $(LUA_DEBS)
+	lua-busted nginx-light libnginx-mod-http-lua openssl curl \
+	redis-server lua-redis lua-nginx-redis faketime $(LUA_DEBS)
 
 .PHONY: all build install install-client install-fake rock test test-one test-slow have-lua demo deps clean
 

@@ -89,8 +89,8 @@ local function check_opts(opts)
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
     return nil, fail('opts.plan must be "standard" or "enterprise", got %q', opts.plan)
   end
-  if opts.budget ~= nil and type(opts.budget.update) ~= "function" then
-    return nil, fail("opts.budget must have an update function (see bitrix24.file_budget)")
+  if opts.budget ~= nil and type(opts.budget.update) ~= "function" and type(opts.budget.reserve) ~= "function" then
+    return nil, fail("opts.budget must have an update or a reserve function (see bitrix24.file_budget)")
   end
   local t = opts.transport
   if t ~= nil and t ~= "curl" and t ~= "nginx" and not (type(t) == "table" and type(t.call) == "function"
@@ -219,6 +219,28 @@ M.file_budget = limiter.file_budget
 -- @treturn table the budget, for `options`' `budget`
 -- @raise when dict is not a shared dict
 M.shared_dict_budget = limiter.shared_dict_budget
+
+-- Shared between machines through Redis (README, "Many machines"): loaded
+-- on first use, so the client needs no Redis library until then.
+
+--- A rate-limit budget in Redis, shared by the machines of a portal (one
+-- script call a request). While Redis cannot be used it falls back to a
+-- local budget (this process's, or nginx's `bitrix24` shared dict) and says
+-- so once; with `budget_fallback = false` calls fail with `BUDGET_ERROR`.
+-- @param config a `redis://[user:password@]host[:port][/db]` URL, or a table:
+-- `url` or `host`, `port`, `user`, `password`, `db`, `prefix`,
+-- `connect_timeout`, `read_timeout`, `retry_after`, `keepalive`,
+-- `pool_size`, `budget_fallback`, `report` (`function(text)`)
+-- @treturn table the budget, for `options`' `budget`
+-- @raise on a bad config
+function M.redis_budget(config) return require("bitrix24.redis_budget").new(config) end
+
+--- A token store in Redis, with a lock across machines.
+-- @param config a `redis://` URL or a table, as `redis_budget`'s
+-- @tparam[opt="default"] string key names the token set (apps and portals can share a Redis)
+-- @treturn table the store, for `oauth`'s `store`
+-- @raise on a bad config
+function M.redis_store(config, key) return require("bitrix24.redis_store").new(config, key) end
 
 --- A client from the environment: `BITRIX24_WEBHOOK_URL`, else
 -- `BITRIX24_OAUTH_ENDPOINT` with `BITRIX24_OAUTH_ACCESS_TOKEN`,

@@ -12,7 +12,9 @@ description = {
   detailed = [[
 Calls Bitrix24 REST methods (webhook or OAuth) from Lua 5.1-5.4 and LuaJIT,
 returning results as Lua tables with integers kept as integers. The fake
-portal the specs run against is its own rock, bitrix24-fake.]],
+portal the specs run against is its own rock, bitrix24-fake. The Redis
+budget and token store load a Redis client only when used: redis-lua in
+plain Lua, lua-resty-redis inside nginx.]],
   homepage = "https://github.com/bitrix24-lua/bitrix24-lua",
   license = "MIT",
 }
@@ -62,6 +64,9 @@ build = {
       ["bitrix24.pipeline"] = "lua/bitrix24/pipeline.lua",
       ["bitrix24.fanout"] = "lua/bitrix24/fanout.lua",
       ["bitrix24.transport.nginx"] = "lua/bitrix24/transport/nginx.lua",
+      ["bitrix24.redis"] = "lua/bitrix24/redis.lua",
+      ["bitrix24.redis_budget"] = "lua/bitrix24/redis_budget.lua",
+      ["bitrix24.redis_store"] = "lua/bitrix24/redis_store.lua",
       ["bitrix24.events"] = "lua/bitrix24/events.lua",
       ["bitrix24.events.parse"] = "lua/bitrix24/events/parse.lua",
       ["bitrix24.events.binding"] = "lua/bitrix24/events/binding.lua",

@@ -197,25 +197,48 @@ end
 -- this client reserves); one read above it (left by an older version, or
 -- written by hand) is clamped to it, one that is not a number counts as a
 -- full bucket, and a `last` in the future as now.
-function Limiter:reserve(deadline)
+function Limiter:reserve(deadline, method)
   local rate, cap = self.rate, math.max(1, self.burst - 1)
   local ceiling = cap + rate * self.deadline
+  if self.budget.reserve then return self:reserve_declared(rate, cap, ceiling, deadline, method) end
   local ok, r, err = pcall(self.budget.update, self.budget, self.key, function(state)
     -- The time is read under the budget's lock: processes sharing it then
     -- see `last` only grow, and no stretch of draining is counted twice.
-    local now = self.now()
-    local level, last = finite(state.level), finite(state.last)
-    if state.level == nil then level = 0 elseif not level or level < 0 then level = cap end
-    if not last or last > now then last = now end
-    level = math.max(0, math.min(level, ceiling) - (now - last) * rate)
-    local wait = math.max(0, (level + 1 - cap) / rate)
-    if now + wait > deadline then return { level = level, last = now }, { wait = wait, taken = false } end
-    return { level = math.min(level + 1, ceiling), last = now }, { wait = wait, taken = true }
+    return M.step(state, self.now(), rate, cap, ceiling, deadline)
   end)
-  -- A budget of the caller's own (Redis, ...) may raise: its failure is
-  -- returned like any other.
+  -- A budget of the caller's own may raise: its failure is returned like
+  -- any other.
   if not ok then return nil, tostring(r) end
   if type(r) ~= "table" then return nil, tostring(err) end
+  return r
+end
+
+-- One reservation in the bucket `state` at time `now` (see reserve):
+-- returns the new state and { wait, taken }.
+function M.step(state, now, rate, cap, ceiling, deadline)
+  local level, last = finite(state.level), finite(state.last)
+  if state.level == nil then level = 0 elseif not level or level < 0 then level = cap end
+  if not last or last > now then last = now end
+  level = math.max(0, math.min(level, ceiling) - (now - last) * rate)
+  local wait = math.max(0, (level + 1 - cap) / rate)
+  if now + wait > deadline then return { level = level, last = now }, { wait = wait, taken = false } end
+  return { level = math.min(level + 1, ceiling), last = now }, { wait = wait, taken = true }
+end
+
+-- A budget that keeps the bucket where a Lua function cannot run (Redis)
+-- offers budget:reserve(key, p) instead of update: the same step done by
+-- the store itself, with the deadline as seconds from now (the store's
+-- clock may differ from ours). It also hands back what the store knows of
+-- the method's operating time (r.operating = { used, reset_at }).
+function Limiter:reserve_declared(rate, cap, ceiling, deadline, method)
+  local p = { rate = rate, cap = cap, ceiling = ceiling, deadline_in = deadline - self.now(), method = method }
+  local ok, r, err = pcall(self.budget.reserve, self.budget, self.key, p)
+  if not ok then return nil, tostring(r) end
+  if type(r) ~= "table" then return nil, tostring(err) end
+  local shared, op = r.operating, method and self.operating[method]
+  if shared and method and (not op or (shared.reset_at or 0) > (op.reset_at or 0)) then
+    self.operating[method] = { used = shared.used, reset_at = shared.reset_at }
+  end
   return r
 end
 
@@ -256,7 +279,7 @@ function Limiter:acquire(method, deadline, sleep)
     op.used = 0
   end
   if not self.enabled then return true end
-  local r, err = self:reserve(deadline)
+  local r, err = self:reserve(deadline, method)
   if not r then return nil, "BUDGET_ERROR", "the rate-limit budget failed: " .. tostring(err) end
   if not r.taken then
     return nil, "RATE_LIMIT_WAIT", string.format(
@@ -276,6 +299,9 @@ function Limiter:observe(method, env)
     self.operating[method] = op
   end
   op.used, op.reset_at = t.operating, tonumber(t.operating_reset_at)
+  -- A shared budget passes it on to the other machines (with its next
+  -- reservation: no round trip of its own).
+  if self.budget.observe then pcall(self.budget.observe, self.budget, self.key, method, op.used, op.reset_at) end
 end
 
 -- When a method blocked by OPERATION_TIME_LIMIT runs again, as the last
