@@ -179,6 +179,83 @@ describe("b24", function()
     assert.matches("%[#+%] 6/6 leads", out)
   end)
 
+  describe("--all", function()
+    local function lines(out)
+      local rows = {}
+      for line in out:gmatch("[^\n]+") do rows[#rows + 1] = core.json_decode(line) end
+      return rows
+    end
+
+    it("prints every row of a list method, one JSON object a line, 2,500 rows a request", function()
+      portal:reset { leads = 3000 }
+      local want = require("bitrix24.fake.portal").new({ leads = 3000, code = "c" }).leads.ids
+      local out, err, status = b24("crm.lead.list --all --fast 'select[]=ID' 'select[]=TITLE'")
+      assert.equal(0, status, err)
+      local rows = lines(out)
+      assert.equal(3000, #rows)
+      for i, row in ipairs(rows) do
+        assert.same({ ID = tostring(want[i]), TITLE = "Lead #" .. want[i] }, row)
+      end
+      -- 2,500 rows, then 500 and an empty page, then one call from the last id.
+      assert.equal(3, #portal:requests())
+      assert.equal("", err) -- not a terminal: no progress bar
+      no_secret(out, err)
+
+      -- Normal mode keeps the order asked for; --limit stops early.
+      out, err, status = b24("crm.lead.list --all --limit 120 'order[ID]=DESC' 'select[]=ID'")
+      assert.equal(0, status, err)
+      rows = lines(out)
+      assert.equal(120, #rows)
+      for i, row in ipairs(rows) do assert.equal(tostring(want[3001 - i]), row.ID) end
+      assert.equal(3 + 2, #portal:requests()) -- a counted call, then one batch of 2 pages
+    end)
+
+    it("streams: the first rows are out before the export ends", function()
+      portal:reset { leads = 1000 }
+      portal:configure { latency = 0.05 }
+      local cmd = "BITRIX24_WEBHOOK_URL=" .. portal.webhook_url .. " LUA_VERSION=" .. support.LUA_VERSION
+        .. " " .. support.LUA .. " " .. B24 .. " crm.lead.list --all --fast --page-batch 1 'select[]=ID'"
+      local pipe = assert(io.popen(cmd))
+      local first = pipe:read("*l")
+      local sent = #portal:requests()
+      local rest = pipe:read("*a")
+      pipe:close()
+      assert.equal("1", core.json_decode(first).ID)
+      assert.is_true(sent < 21, sent .. " of 21 requests were sent before the first row came out")
+      assert.equal(999, #lines(rest))
+      assert.equal(21, #portal:requests())
+    end)
+
+    it("prints the rows before a failure, then the error, with exit status 1", function()
+      portal:reset { leads = 3000 }
+      portal:fault { method = "batch", kind = "error500" }
+      local out, err, status = b24("crm.lead.list --all 'select[]=ID'")
+      assert.equal(1, status)
+      assert.equal(50, #lines(out)) -- the counted call's page
+      assert.matches("INTERNAL_SERVER_ERROR", err)
+      no_secret(out, err)
+    end)
+
+    it("draws a progress bar of rows when stderr is a terminal", function()
+      portal:reset { leads = 120 }
+      local cmd = "BITRIX24_WEBHOOK_URL=" .. portal.webhook_url .. " LUA_VERSION=" .. support.LUA_VERSION
+        .. " " .. support.LUA .. " " .. B24 .. " crm.lead.list --all >/dev/null"
+      local out, _, status = support.run("script -qec '" .. cmd .. "' /dev/null")
+      assert.equal(0, status)
+      assert.matches("%[#+%] 120/120 rows", out)
+    end)
+
+    it("refuses bad export options with exit status 2, sending nothing", function()
+      for _, args in ipairs { "crm.lead.list --fast", "crm.lead.list --all --limit x",
+          "crm.lead.list --all --page-batch 51", "crm.lead.list --all --parallel 0", "--all" } do
+        local _, err, status = b24(args)
+        assert.equal(2, status, args)
+        assert.is_true(#err > 0)
+      end
+      assert.equal(0, #portal:requests())
+    end)
+  end)
+
   it("rejects two jobs at once", function()
     local _, err, status = b24("crm.lead.contact.items.get --lead-contacts 1")
     assert.equal(2, status)

@@ -41,8 +41,8 @@ describe("client:each", function()
     return ids
   end
 
-  it("exports 1,000 leads by following next, 50 to a page", function()
-    local ids = export { select = { "ID", "TITLE" } }
+  it("exports 1,000 leads by following next, 50 to a page, one call a request with page_batch = 1", function()
+    local ids = export({ select = { "ID", "TITLE" } }, { page_batch = 1 })
     assert.equal(1000, #ids)
     for i, lead in ipairs(leads) do assert.equal(lead.ID, ids[i]) end
     local log = portal:requests()
@@ -51,10 +51,10 @@ describe("client:each", function()
     assert.equal(950, tonumber(log[20].params.start))
   end)
 
-  it("exports the same 1,000 leads in fast mode, without counting", function()
+  it("exports the same 1,000 leads in fast mode, without counting, one call a request with page_batch = 1", function()
     local slow = export { select = { "ID", "TITLE" } }
     portal:reset()
-    local fast = export({ select = { "TITLE" } }, { fast = true })
+    local fast = export({ select = { "TITLE" } }, { fast = true, page_batch = 1 })
     assert.same(slow, fast)
     local log = portal:requests()
     assert.equal(21, #log)
@@ -123,7 +123,7 @@ describe("client:each", function()
   -- Runs the loop for at most `cap` steps: a loop that never ends fails here.
   local function bounded(params, cap)
     local rows, errs, steps = 0, {}, 0
-    for row, err in client:each("crm.lead.list", params) do
+    for row, err in client:each("crm.lead.list", params, { page_batch = 1 }) do
       steps = steps + 1
       if steps > cap then break end
       if row then rows = rows + 1 else errs[#errs + 1] = err end

@@ -141,14 +141,18 @@ function M.plan(commands, opts)
   }
 end
 
--- One request's body; the commands keep their order, which a Lua table
--- would not, so it is written by hand.
-local function body_of(plan, chunk)
+-- One request's body: the commands under `keys`, in that order, which a
+-- Lua table would not keep, so it is written by hand. cmd: key -> command.
+function M.body(keys, cmd, halt)
   local parts = {}
-  for i, key in ipairs(chunk) do
-    parts[i] = json.encode(key) .. ":" .. json.encode(plan.cmd[key])
+  for i, key in ipairs(keys) do
+    parts[i] = json.encode(key) .. ":" .. json.encode(cmd[key])
   end
-  return '{"halt":' .. (plan.halt and 1 or 0) .. ',"cmd":{' .. table.concat(parts, ",") .. "}}"
+  return '{"halt":' .. (halt and 1 or 0) .. ',"cmd":{' .. table.concat(parts, ",") .. "}}"
+end
+
+local function body_of(plan, chunk)
+  return M.body(chunk, plan.cmd, plan.halt)
 end
 
 -- The answer's maps arrive as {} or [] when empty and as arrays when the
@@ -160,6 +164,7 @@ local function as_map(t)
   for i, v in ipairs(t) do m[tostring(i - 1)] = v end
   return m
 end
+M.as_map = as_map
 
 -- What one request's answer holds, into results. Returns nil, or the
 -- error that ends the batch; failed: a command of it failed.

@@ -248,12 +248,36 @@ function M.utc(t)
 end
 local utc = M.utc
 
+-- Waits (with sleep) until the method's operating time allows one more
+-- request: when the time it has used plus what its last request added
+-- would come close to the limit, until the oldest minute expires. Returns
+-- true, or nil, code, description when that is past max_wait or the deadline.
+function Limiter:operating_wait(method, deadline, sleep)
+  local now = self.now()
+  local op = self.operating[method]
+  if op and op.used + op.step >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
+    -- (operating_reset_at is in whole seconds, hence the 1)
+    local wait = op.reset_at + 1 - now
+    if wait > self.max_wait or now + wait > deadline then
+      return nil, "OPERATING_TIME_WAIT", string.format(
+        "%s has used %.0f s of its %g s operating time; it unblocks at %s (in %.0f s), past max_wait or "
+        .. "the deadline; not sent", method, op.used, self.operating_limit, utc(op.reset_at), wait)
+    end
+    sleep(wait)
+    -- What is left is unknown until the next answer says; that answer's
+    -- total is no step.
+    op.used, op.waited = 0, true
+  end
+  return true
+end
+
 -- Waits (with sleep(seconds), the caller's) until the bucket and the
--- method's operating time allow one more request. Returns true, or nil,
--- code, description when it would have to wait past max_wait or the
--- deadline (the client's own codes: the request was not sent) or the
--- budget failed.
-function Limiter:acquire(method, deadline, sleep)
+-- operating time of the method (and of the methods a batch runs: subcalls
+-- maps its keys to them, each charged to its own budget) allow one more
+-- request. Returns true, or nil, code, description when it would have to
+-- wait past max_wait or the deadline (the client's own codes: the request
+-- was not sent) or the budget failed.
+function Limiter:acquire(method, deadline, sleep, subcalls)
   -- A try started with almost nothing left of the deadline would only
   -- time out (and a write might run on the portal unseen): a wait is
   -- worth taking only while it leaves MIN_TRY for the try itself.
@@ -263,20 +287,12 @@ function Limiter:acquire(method, deadline, sleep)
     -- The portal answered QUERY_LIMIT_EXCEEDED to one of our requests:
     -- the others hold back too.
     sleep(self.paused_until - now)
-    now = self.now()
   end
-  local op = self.operating[method]
-  if op and op.used >= self.operating_limit * 0.9 and op.reset_at and op.reset_at + 1 > now then
-    -- Close to the method's time budget: let the oldest minute expire
-    -- first (operating_reset_at is in whole seconds, hence the 1).
-    local wait = op.reset_at + 1 - now
-    if wait > self.max_wait or now + wait > deadline then
-      return nil, "OPERATING_TIME_WAIT", string.format(
-        "%s has used %.0f s of its %g s operating time; it unblocks at %s (in %.0f s), past max_wait or "
-        .. "the deadline; not sent", method, op.used, self.operating_limit, utc(op.reset_at), wait)
-    end
-    sleep(wait)
-    op.used = 0
+  local ok, code, description = self:operating_wait(method, deadline, sleep)
+  if not ok then return nil, code, description end
+  for _, m in pairs(subcalls or {}) do
+    ok, code, description = self:operating_wait(m:lower(), deadline, sleep)
+    if not ok then return nil, code, description end
   end
   if not self.enabled then return true end
   local r, err = self:reserve(deadline, method)
@@ -289,19 +305,50 @@ function Limiter:acquire(method, deadline, sleep)
   return true
 end
 
--- Learns the method's operating time from a successful answer.
-function Limiter:observe(method, env)
-  local t = type(env) == "table" and env.time
+-- Records a method's operating time from one time block. `step` is what
+-- the method's last request added (a batch of 50 list calls adds 50
+-- calls' worth), so pacing can stop before the next request would pass
+-- the limit rather than after.
+local function learn(self, method, t)
   if type(t) ~= "table" or type(t.operating) ~= "number" then return end
   local op = self.operating[method]
   if not op then
-    op = {}
+    op = { used = t.operating, step = 0 }
     self.operating[method] = op
+  elseif not op.waited then
+    local step = t.operating - op.used
+    if step > 0 then op.step = step end
   end
+  op.waited = nil
   op.used, op.reset_at = t.operating, tonumber(t.operating_reset_at)
   -- A shared budget passes it on to the other machines (with its next
   -- reservation: no round trip of its own).
   if self.budget.observe then pcall(self.budget.observe, self.budget, self.key, method, op.used, op.reset_at) end
+end
+
+-- Learns the operating time from a successful answer: the method's own,
+-- or for a batch (subcalls: key -> method) each sub-call's from
+-- result_time, where the last of a method's sub-calls holds its total.
+-- The batch itself is not charged (FACTS §5): its outer time block only
+-- repeats a sub-call's.
+function Limiter:observe(method, env, subcalls)
+  if not subcalls then return learn(self, method, type(env) == "table" and env.time) end
+  local result = type(env) == "table" and type(env.result) == "table" and env.result
+  local times = result and type(result.result_time) == "table" and result.result_time or {}
+  if times[1] ~= nil then -- keys 0..n-1 arrive as an array (batch.lua's as_map)
+    local m = {}
+    for i, v in ipairs(times) do m[tostring(i - 1)] = v end
+    times = m
+  end
+  local last = {}
+  for key, m in pairs(subcalls) do
+    local t = times[key]
+    m = m:lower()
+    if type(t) == "table" and type(t.operating) == "number" and (not last[m] or t.operating > last[m].operating) then
+      last[m] = t
+    end
+  end
+  for m, t in pairs(last) do learn(self, m, t) end
 end
 
 -- When a method blocked by OPERATION_TIME_LIMIT runs again, as the last

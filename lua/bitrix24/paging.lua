@@ -1,17 +1,45 @@
--- Paging through list methods, one page in memory at a time.
+-- Paging through list methods: client:each.
 --
--- Normal mode follows the server's offsets: start = 0, then start = next
--- while the answer has one. Fast mode (FACTS §10) skips the COUNT the
--- server runs for every page: it sorts by ID, asks for ID > the last one
--- seen with start = -1, and stops at a page shorter than 50 rows.
+-- A list method answers at most 50 rows a call; a batch carries up to 50
+-- calls, so one request can bring 2,500 rows (FACTS §11). Pages go out in
+-- batches of opts.page_batch list calls (1: one plain call per request).
+--
+-- Normal mode keeps the caller's order: one counted call says the total,
+-- then batches of start = N calls fetch the rest.
+--
+-- Fast mode sorts by ID and never counts (start = -1): each call asks for
+-- ID > the previous call's last row, $result[pK][49][ID] inside a batch.
+-- After a page shorter than 50 that reference finds no row 49 and the
+-- server puts the whole page there instead, with unspecified results
+-- (FACTS §11), so every page is checked here: ids above the previous
+-- page's last one, strictly increasing; what a chain returns after a short
+-- page, or after a page that fails the check, is dropped, and the next
+-- request starts again from the last good id.
+--
+-- With opts.parallel > 1 the work is cut into units that do not depend on
+-- each other (offset ranges; id ranges in fast mode), up to `parallel` of
+-- them are asked for at once, and their rows still come out in order: a
+-- unit's rows wait until the units before it are done, one batch each.
 
+local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
-local fail = errors.message
+local batch = require "bitrix24.batch"
+
 local fanout = require "bitrix24.fanout"
+
+local fail = errors.message
 
 local M = {}
 
-local PAGE = 50
+local PAGE = 50        -- rows a list call answers
+local MAX_BATCH = 50   -- calls a batch may hold (FACTS §6)
+-- An id range of a parallel fast export is sized to fill this share of a
+-- batch: a range holding more rows than a batch costs one more request.
+local FILL = 0.9
+
+local OPTIONS = {
+  fast = "boolean", id_key = "string", progress = "function", page_batch = "number", parallel = "number",
+}
 
 local Pager = {}
 Pager.__index = Pager
@@ -22,16 +50,54 @@ local function copy(t)
   return c
 end
 
--- Returns the pager, or nil and why (bad opts, or params fast mode cannot keep).
-function M.new(method, params, opts)
-  if opts == nil then opts = {} end
+local function whole(v, lo, hi)
+  return v == math.floor(v) and v >= lo and v <= hi
+end
+
+-- Returns the options (a table), or nil and why.
+local function check_opts(opts)
+  if opts == nil then return {} end
   if type(opts) ~= "table" then return nil, fail("each: opts must be a table, got %s", type(opts)) end
-  if opts.progress ~= nil and type(opts.progress) ~= "function" then
-    return nil, fail("each: opts.progress must be a function")
+  for k, v in pairs(opts) do
+    local want = OPTIONS[k]
+    if not want then return nil, fail("each: unknown option opts.%s", tostring(k)) end
+    if type(v) ~= want then return nil, fail("each: opts.%s must be a %s, got %s", k, want, type(v)) end
   end
-  -- (accepted and kept for exports that send pages in parallel)
+  if opts.page_batch and not whole(opts.page_batch, 1, MAX_BATCH) then
+    return nil, fail("each: opts.page_batch must be a whole number from 1 to %d", MAX_BATCH)
+  end
   local bad = fanout.check(opts.parallel, "each: ")
   if bad then return nil, bad end
+  if opts.id_key and not opts.id_key:match("^[%w_]+$") then
+    return nil, fail("each: opts.id_key must be a field name (letters, digits, '_')")
+  end
+  return opts
+end
+
+-- The params every fast-mode call starts from: ID ascending, no count,
+-- and the id among the selected fields.
+local function fast_base(params, id_key)
+  local p = copy(params)
+  p.order = { [id_key] = "ASC" }
+  p.filter = copy(params.filter)
+  p.start = -1
+  if type(p.select) == "table" then
+    local has = false
+    for _, f in ipairs(p.select) do has = has or f == id_key or f == "*" end
+    if not has then
+      p.select = copy(p.select)
+      p.select[#p.select + 1] = id_key
+    end
+  end
+  return p
+end
+
+-- Returns the pager, or nil and why (bad opts, or params fast mode cannot
+-- keep). parallel: the client's, for when opts has none.
+function M.new(method, params, opts, parallel)
+  local why
+  opts, why = check_opts(opts)
+  if not opts then return nil, why end
   local id_key = opts.id_key or "ID"
   if opts.fast then
     local order = params.order
@@ -43,111 +109,376 @@ function M.new(method, params, opts)
       return nil, fail("each: params.filter must be a table")
     end
   end
-  return setmetatable({
-    method = method, params = params, fast = opts.fast and true or false,
-    id_key = id_key, progress = opts.progress, count = 0, parallel = opts.parallel,
+  local self = setmetatable({
+    method = method, params = params, fast = opts.fast or false, id_key = id_key,
+    progress = opts.progress, page_batch = opts.page_batch or MAX_BATCH,
+    parallel = opts.parallel or parallel or 1,
+    count = 0, units = 0, chain_rows = 0, seen_to = -math.huge,
   }, Pager)
+  if self.fast then
+    self.base = fast_base(params, id_key)
+    self.start_id = tonumber(self.base.filter[">" .. id_key])
+  end
+  -- A parameter the batch's query string cannot carry is refused now,
+  -- before anything is sent.
+  if self.page_batch > 1 then
+    local ok
+    ok, why = pcall(core.query, self.fast and self.base or params)
+    if not ok then return nil, fail("each: %s: %s", method, (tostring(why):gsub("^.-: ", ""))) end
+  end
+  return self
 end
 
 -- The rows of a page: list methods answer with an array, a few (tasks,
--- for one) with a map holding one array.
-local function rows_of(result)
+-- for one) with a map holding one array, whose key goes into the chain's
+-- references once seen.
+function Pager:rows_of(result)
   if type(result) ~= "table" then return {} end
+  if result[1] ~= nil then self.wrap = nil end
   if result[1] ~= nil or next(result) == nil then return result end
   local key, value = next(result)
-  if next(result, key) == nil and type(value) == "table" then return value end
+  if next(result, key) == nil and type(value) == "table" then
+    self.wrap = key
+    return value
+  end
   return {}
 end
 
--- The params of the next page, or nil when there is none.
-function Pager:next_params(env, rows)
-  if self.fast then
-    if env and #rows < PAGE then return nil end
-    local p = copy(self.params)
-    local order = {}
-    order[self.id_key] = "ASC"
-    p.order = order
-    p.filter = copy(self.params.filter)
-    if self.last_id then
-      local given = tonumber(p.filter[">" .. self.id_key])
-      if not given or given < self.last_id then p.filter[">" .. self.id_key] = self.last_id end
-    end
-    if type(p.select) == "table" then
-      local has = false
-      for _, f in ipairs(p.select) do has = has or f == self.id_key or f == "*" end
-      if not has then
-        p.select = copy(p.select)
-        p.select[#p.select + 1] = self.id_key
-      end
-    end
-    p.start = -1
-    return p
+function Pager:bad(why)
+  return errors.new { code = "BAD_RESPONSE", method = self.method, description = why }
+end
+
+function Pager:page_done(rows, total)
+  self.count = self.count + rows
+  if self.progress then self.progress(self.count, total) end
+end
+
+---------------------------------------------------------------- requests
+
+-- A request for `list`, an array of each call's params: one plain call,
+-- or a batch whose calls are keyed p0, p1, ... in order.
+function Pager:request(list)
+  if #list == 1 then return { method = self.method, params = list[1] } end
+  local keys, cmd, methods = {}, {}, {}
+  for i, p in ipairs(list) do
+    local key = "p" .. (i - 1)
+    keys[i], cmd[key], methods[key] = key, self.method .. "?" .. core.query(p), self.method
   end
-  if not env then
-    return self.params
+  return { batch = { keys = keys, cmd = cmd, methods = methods } }
+end
+
+-- The pages of an answer in the order asked: { result, total, next } or,
+-- at a call that failed, { err } as the last one.
+function Pager:pages_of(req, env, make_error)
+  if not req.batch then return { { result = env.result, total = tonumber(env.total), next = env.next } } end
+  local r = env.result
+  if type(r) ~= "table" then return nil, self:bad("the batch answer has no result map") end
+  local res, errs = batch.as_map(r.result), batch.as_map(r.result_error)
+  local totals, nexts = batch.as_map(r.result_total), batch.as_map(r.result_next)
+  local pages = {}
+  for i, key in ipairs(req.batch.keys) do
+    local e = errs[key]
+    if e ~= nil then
+      local code = type(e) == "table" and e.error or ""
+      local description = type(e) == "table" and e.error_description or ""
+      pages[i] = { err = make_error(type(code) == "string" and code or tostring(code),
+        type(description) == "string" and description or "", self.method) }
+      return pages
+    end
+    if res[key] == nil then return nil, self:bad("the batch answer has no page " .. key) end
+    pages[i] = { result = res[key], total = tonumber(totals[key]), next = nexts[key] }
   end
-  if env.next == nil or #rows == 0 then return nil end
-  local p = copy(self.params)
-  p.start = env.next
+  return pages
+end
+
+---------------------------------------------------------------- fast mode
+
+-- A chain walks the ids in (lo, hi) upwards; hi = nil: no upper end.
+local Chain = {}
+Chain.__index = Chain
+
+function Pager:chain(lo, hi)
+  return setmetatable({ lo = lo, hi = hi, rows = {}, pos = 1 }, Chain)
+end
+
+-- One call's params: ids above `after` (a number or a $result reference)
+-- and below hi.
+function Pager:fast_params(after, hi)
+  local p, key = copy(self.base), self.id_key
+  p.filter = copy(self.base.filter)
+  if after ~= nil then p.filter[">" .. key] = after end
+  if hi then
+    local given = tonumber(p.filter["<" .. key])
+    if not given or given > hi then p.filter["<" .. key] = hi end
+  end
   return p
+end
+
+-- The id of row 49 of the call under `key`, as the server resolves it.
+function Pager:reference(key)
+  local wrap = self.wrap and "[" .. self.wrap .. "]" or ""
+  return string.format("$result[%s]%s[%d][%s]", key, wrap, PAGE - 1, self.id_key)
+end
+
+function Chain:request(pager)
+  -- After a short page inside a batch, one plain call looks for rows
+  -- added meanwhile instead of a chain that would mostly be dropped.
+  local size = self.confirm and 1 or pager.page_batch
+  local list = { pager:fast_params(self.lo, self.hi) }
+  for i = 2, size do list[i] = pager:fast_params(pager:reference("p" .. (i - 2)), self.hi) end
+  return pager:request(list)
+end
+
+-- Whether rows are ids in (lo, hi), strictly increasing.
+function Pager:ascending(rows, lo, hi)
+  local prev = lo
+  for _, row in ipairs(rows) do
+    local id = type(row) == "table" and tonumber(row[self.id_key])
+    if not id or (prev and id <= prev) or (hi and id >= hi) then return false end
+    prev = id
+  end
+  return true
+end
+
+-- Takes the pages of one request; returns the good rows and an error.
+function Chain:take(pager, pages)
+  local out = {}
+  self.confirm = false
+  for i, page in ipairs(pages) do
+    if page.err then return out, page.err end
+    local rows = pager:rows_of(page.result)
+    if not pager:ascending(rows, self.lo, self.hi) then
+      -- The first call was asked with a plain number: a server that breaks
+      -- it cannot be trusted. A later one followed a reference that went
+      -- astray: drop it and all after it, and start again from self.lo.
+      if i == 1 then
+        return out, pager:bad("fast paging needs rows with increasing " .. pager.id_key
+          .. " above the one asked for")
+      end
+      return out
+    end
+    for _, row in ipairs(rows) do out[#out + 1] = row end
+    if rows[1] ~= nil then
+      self.lo = tonumber(rows[#rows][pager.id_key])
+      -- How densely ids fill the ranges so far sizes the next ones.
+      pager.chain_rows, pager.seen_to = pager.chain_rows + #rows, math.max(pager.seen_to, self.lo)
+    end
+    pager:page_done(#rows)
+    if #rows < PAGE then
+      -- The end of the range. Where the range has no end and the short
+      -- page came after others of the same batch, one more call looks
+      -- again from the last id.
+      if i == 1 or self.hi then self.done = true else self.confirm = true end
+      return out
+    end
+  end
+  return out
+end
+
+-- Parallel fast mode first asks for the first page ascending and the last
+-- page descending (one batch, no count): the first page is the export's
+-- own, the two give the id range and how densely ids fill it.
+local Probe = {}
+Probe.__index = Probe
+
+function Probe:request(pager)
+  local desc = pager:fast_params(pager.start_id)
+  desc.order = { [pager.id_key] = "DESC" }
+  return pager:request { pager:fast_params(pager.start_id), desc }
+end
+
+-- How many ids the rows span from the first to the last (nil when one of
+-- the two is not a number).
+local function span(pager, rows)
+  local a, b = rows[1] and tonumber(rows[1][pager.id_key]), rows[#rows] and tonumber(rows[#rows][pager.id_key])
+  if a and b then return math.abs(b - a) + 1 end
+end
+
+function Probe:take(pager, pages)
+  local first = pages[1]
+  if first.err then return {}, first.err end
+  local rows = pager:rows_of(first.result)
+  if not pager:ascending(rows, pager.start_id) then
+    return {}, pager:bad("fast paging needs rows with increasing " .. pager.id_key)
+  end
+  pager:page_done(#rows)
+  self.done = true
+  if #rows < PAGE then return rows end
+  local cursor = tonumber(rows[#rows][pager.id_key])
+  local last_page = pages[2]
+  if last_page.err then return rows, last_page.err end
+  local tail = pager:rows_of(last_page.result)
+  local last = tail[1] and tonumber(tail[1][pager.id_key])
+  local ids, spread = #rows, span(pager, rows)
+  if #tail > 1 and span(pager, tail) then ids, spread = ids + #tail, spread + span(pager, tail) end
+  pager.cursor, pager.last_id, pager.density = cursor, last or cursor, ids / spread
+  pager.first_id, pager.seen_to, pager.chain_rows = cursor, cursor, 0
+  return rows
+end
+
+-- The next id range: wide enough to fill a batch at the density seen so
+-- far; the one that reaches the last id has no upper end, so rows added
+-- during the export are found too.
+function Pager:next_range()
+  local lo = self.cursor
+  if not lo then return nil end
+  local seen = self.seen_to > self.first_id and self.chain_rows > 1000
+  local density = seen and self.chain_rows / (self.seen_to - self.first_id) or self.density
+  local width = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / math.min(math.max(density, 1e-6), 1)))
+  local hi = lo + width + 1
+  if hi > self.last_id + 1 then
+    self.cursor = nil
+    return self:chain(lo, nil)
+  end
+  self.cursor = hi - 1
+  return self:chain(lo, hi)
+end
+
+---------------------------------------------------------------- normal mode
+
+-- Pages at fixed offsets: the counted first call, or start = N calls.
+local Offsets = {}
+Offsets.__index = Offsets
+
+function Offsets:request(pager)
+  local list = {}
+  for i, start in ipairs(self.starts) do
+    list[i] = copy(pager.params)
+    if start then list[i].start = start end
+  end
+  return pager:request(list)
 end
 
 -- Why a page in normal mode cannot be trusted, or nil. A server whose
 -- next does not move past the page it answered (or that sends more rows
--- than its own total) would keep the loop going forever.
-function Pager:distrust(page_params, env, rows)
-  if self.fast then return nil end
-  local total = tonumber(env.total)
-  if total and self.count + #rows > total then
-    return string.format("the server sent %d rows but its total is %d", self.count + #rows, total)
+-- than its own total) would keep the export going forever.
+function Pager:distrust(start, page, rows)
+  if page.total and self.count + #rows > page.total then
+    return string.format("the server sent %d rows but its total is %d", self.count + #rows, page.total)
   end
-  if env.next ~= nil then
-    local start, next_ = tonumber(page_params.start) or 0, tonumber(env.next)
+  if page.next ~= nil then
+    local next_ = tonumber(page.next)
     if not next_ or next_ <= start then
-      return string.format("next = %s does not advance past start = %s", tostring(env.next), tostring(start))
+      return string.format("next = %s does not advance past start = %s", tostring(page.next), tostring(start))
     end
   end
-  return nil
 end
 
--- fetch(params) -> envelope | nil, err. The iterator returns each row;
--- on a failure it returns false, err once, then ends.
-function Pager:iterator(fetch)
-  local rows, i, env, finished = {}, 0, nil, false
+function Offsets:take(pager, pages)
+  local out = {}
+  self.done = true
+  for i, page in ipairs(pages) do
+    if page.err then return out, page.err end
+    local rows = pager:rows_of(page.result)
+    local start = self.starts[i] or tonumber(pager.params.start) or 0
+    local why = pager:distrust(start, page, rows)
+    if why then return out, pager:bad(why) end
+    for _, row in ipairs(rows) do out[#out + 1] = row end
+    pager:page_done(#rows, page.total)
+    -- The first call's total and next place the rest. Without a total (no
+    -- list method seen does that) the pages follow next one at a time.
+    if self.first then pager.total = page.total end
+    if self.first or not pager.total then pager.next_start = tonumber(page.next) end
+    -- No next: the table ended here (it may have shrunk since the count).
+    if page.next == nil or rows[1] == nil then pager.ended = true end
+  end
+  return out
+end
+
+-- The next unit of work, or nil when all have been handed out.
+function Pager:next_unit()
+  self.units = self.units + 1
+  if self.fast then
+    if self.parallel == 1 then
+      return self.units == 1 and self:chain(self.start_id, nil) or nil
+    end
+    if self.units == 1 then return setmetatable({ rows = {}, pos = 1 }, Probe) end
+    return self:next_range()
+  end
+  if self.units == 1 then return setmetatable({ starts = { false }, first = true, rows = {}, pos = 1 }, Offsets) end
+  local start = self.next_start
+  if self.ended or not start or (self.total and start >= self.total) then return nil end
+  if not self.total then
+    self.next_start = nil
+    return setmetatable({ starts = { start }, rows = {}, pos = 1 }, Offsets)
+  end
+  local starts = {}
+  while #starts < self.page_batch and start < self.total do
+    starts[#starts + 1] = start
+    start = start + PAGE
+  end
+  self.next_start = start
+  return setmetatable({ starts = starts, rows = {}, pos = 1 }, Offsets)
+end
+
+---------------------------------------------------------------- iteration
+
+-- One round: the first `parallel` units that are waiting for rows each
+-- send their next request (send returns the answers in order); each
+-- unit keeps the rows of its answer until its turn comes.
+function Pager:round(queue, head, send, make_error)
+  local units, requests = {}, {}
+  for k = head, head + self.parallel - 1 do
+    local unit = queue[k]
+    if not unit then
+      unit = self:next_unit()
+      if not unit then break end
+      queue[k] = unit
+    end
+    if unit.err then break end
+    if not unit.done and unit.pos > #unit.rows then
+      units[#units + 1], requests[#requests + 1] = unit, unit:request(self)
+    end
+  end
+  local answers = send(requests)
+  for n, unit in ipairs(units) do
+    local env, err = answers[n][1], answers[n][2]
+    local pages, rows
+    if env then pages, err = self:pages_of(requests[n], env, make_error) end
+    if pages then rows, err = unit:take(self, pages) end
+    unit.rows, unit.pos = rows or {}, 1
+    if err then
+      unit.err, unit.done = err, true
+      break
+    end
+  end
+end
+
+-- send(requests) -> answers: each request { method, params } (one plain
+-- call) or { batch = { keys, cmd, methods } }, each answer { envelope }
+-- or { nil, err }. make_error(code, description, method) builds the
+-- error of a failed call inside a batch. The iterator returns each row;
+-- on a failure it returns false, err once (after every row before it),
+-- then ends.
+function Pager:iterator(send, make_error)
+  local queue, head, finished = {}, 1, false
   return function()
     if finished then return nil end
-    i = i + 1
-    while rows[i] == nil do
-      local p = self:next_params(env, rows)
-      if not p then
-        finished = true
-        return nil
-      end
-      local err
-      env, err = fetch(p)
-      if not env then
-        finished = true
-        return false, err
-      end
-      rows, i = rows_of(env.result), 1
-      local why = self:distrust(p, env, rows)
-      if why then
-        finished = true
-        return false, errors.new { code = "BAD_RESPONSE", method = self.method, description = why }
-      end
-      if self.fast and rows[#rows] ~= nil then
-        local last = tonumber(rows[#rows][self.id_key])
-        if not last or (self.last_id and last <= self.last_id) then
+    while true do
+      local unit = queue[head]
+      if not unit then
+        unit = self:next_unit()
+        if not unit then
           finished = true
-          return false, errors.new { code = "BAD_RESPONSE", method = self.method,
-            description = "fast paging needs rows with increasing " .. self.id_key }
+          return nil
         end
-        self.last_id = last
+        queue[head] = unit
       end
-      self.count = self.count + #rows
-      if self.progress then self.progress(self.count, not self.fast and env.total or nil) end
+      local row = unit.rows[unit.pos]
+      if row ~= nil then
+        unit.rows[unit.pos], unit.pos = nil, unit.pos + 1
+        return row
+      end
+      if unit.err then
+        finished = true
+        return false, unit.err
+      end
+      if unit.done then
+        queue[head], head = nil, head + 1
+      else
+        self:round(queue, head, send, make_error)
+      end
     end
-    return rows[i]
   end
 end
 

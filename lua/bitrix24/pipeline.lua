@@ -129,6 +129,8 @@ end
 
 --- A new request: method (as given), key (its lower-case name), body
 --- (JSON), safe (it may be sent twice: a read, or the caller allows it).
+--- A batch's request may also carry subcalls (its keys -> their methods),
+--- whose operating time it spends.
 --- The transport is told it is a write unless safe; the client repeats it
 --- also when the client's opts.retry_writes allows.
 function M.request(c, method, key, body, safe)
@@ -146,7 +148,7 @@ function M.run(c, req, io)
   req.deadline = req.deadline or io.now() + lim.deadline
   while true do
     if not rawget(c, "_http") then return nil, M.cancelled(c, req) end
-    local ok, code, description = lim:acquire(req.key, req.deadline, io.sleep)
+    local ok, code, description = lim:acquire(req.key, req.deadline, io.sleep, req.subcalls)
     if not ok then
       return nil, M.error(c, req.method, { code = code, description = description }, math.max(req.tries, 1))
     end
@@ -175,7 +177,7 @@ function M.run(c, req, io)
       }
     end
     if env then
-      lim:observe(req.key, env)
+      lim:observe(req.key, env, req.subcalls)
       return env
     end
     local now = io.now()
