@@ -44,6 +44,7 @@ build = {
     ["bitrix24.events.parse"] = "lua/bitrix24/events/parse.lua",
     ["bitrix24.events.binding"] = "lua/bitrix24/events/binding.lua",
     ["bitrix24.events.offline"] = "lua/bitrix24/events/offline.lua",
+    ["bitrix24.events.install"] = "lua/bitrix24/events/install.lua",
     ["bitrix24.fake.portal"] = "lua/bitrix24/fake/portal.lua",
     ["bitrix24.fake.php"] = "lua/bitrix24/fake/php.lua",
     ["bitrix24.fake.answers"] = "lua/bitrix24/fake/answers.lua",
