@@ -72,6 +72,7 @@ build = {
       ["bitrix24.events.parse"] = "lua/bitrix24/events/parse.lua",
       ["bitrix24.events.binding"] = "lua/bitrix24/events/binding.lua",
       ["bitrix24.events.offline"] = "lua/bitrix24/events/offline.lua",
+      ["bitrix24.events.install"] = "lua/bitrix24/events/install.lua",
     },
     lib = {
       ["bitrix24.core"] = "build/rock/bitrix24/core.so",

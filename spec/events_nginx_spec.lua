@@ -228,7 +228,7 @@ describe("receiving events #nginx", function()
     write_file(prefix .. "/nginx.conf", conf(port, test_port))
     write_file(prefix .. "/error.log", "")
     launcher = tonumber(capture("B24_CLIENT_ID=" .. quote(portal.client_id) .. " B24_CLIENT_SECRET="
-      .. quote(portal.client_secret) .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p "
+      .. quote(portal.client_secret) .. " B24_TOKEN_URL=" .. quote(portal.token_url) .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p "
       .. quote(prefix .. "/") .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
       .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
     local up = eventually(function()
@@ -278,17 +278,34 @@ describe("receiving events #nginx", function()
     assert.is_nil(stored(portal.member_id .. ".app"))
   end)
 
-  it("keeps the portal's tokens on ONAPPINSTALL (checked with app.info)", function()
+  it("refuses ONAPPINSTALL under another member_id than the token endpoint gives its tokens, storing nothing",
+      function()
+    local squatted = "c0ffee00c0ffee00c0ffee00c0ffee00"
+    local d = delivered(function() portal:install { url = events_url, auth = { member_id = squatted } } end)
+    assert.equal(401, d.status)
+    assert.truthy(error_log():find("whose tokens belong to member " .. portal.member_id, 1, true))
+    assert.is_nil(stored(squatted))
+    assert.is_nil(stored(squatted .. ".app"))
+    assert.is_nil(stored(portal.member_id .. ".app"))
+  end)
+
+  it("keeps the tokens the token endpoint renewed for a verified ONAPPINSTALL", function()
+    local function renewals()
+      local n = 0
+      for _, r in ipairs(portal:requests()) do
+        if r.method == "oauth.token" then n = n + 1 end
+      end
+      return n
+    end
+    local before, sent = renewals(), portal:info()
     local d = delivered(function() portal:install { url = events_url } end)
     assert.equal(200, d.status, error_log())
-    assert.equal(portal.access_token, stored(portal.member_id).access_token)
-    assert.equal(portal.refresh_token, stored(portal.member_id).refresh_token)
+    assert.equal(before + 1, renewals())
+    local info = portal:info()
+    assert.are_not.equal(sent.refresh_token, info.refresh_token)
+    assert.equal(info.access_token, stored(portal.member_id).access_token)
+    assert.equal(info.refresh_token, stored(portal.member_id).refresh_token)
     assert.equal(app_token, stored(portal.member_id .. ".app").application_token)
-    local infos = 0
-    for _, r in ipairs(portal:requests()) do
-      if r.method == "app.info" then infos = infos + 1 end
-    end
-    assert.equal(1, infos)
   end)
 
   it("runs the README's function on a lead update, with a client built from the stored tokens", function()

@@ -26,14 +26,17 @@
 -- against the `application_token` stored for its `member_id`, in constant
 -- time. ONAPPINSTALL for a portal with no stored token cannot be checked
 -- that way; it is accepted only when `cfg.install` lists its domain, its
--- `client_endpoint` is that domain's /rest/, and the portal accepts its
--- `access_token` (app.info, called at that endpoint). Without `cfg.install` no
--- portal can install itself: safe by default. ONAPPUNINSTALL, once
--- verified, empties both stores. An outgoing webhook (no app) is verified
--- against `cfg.webhook_token` instead, and needs no store.
+-- `client_endpoint` is that domain's /rest/, and the token endpoint, asked
+-- to renew its `refresh_token`, says those tokens belong to that `member_id`
+-- and endpoint (bitrix24.events.install). That needs `cfg.client_id` and
+-- `cfg.client_secret`: without them, or without `cfg.install`, no portal can
+-- install itself: safe by default. ONAPPUNINSTALL, once verified, empties
+-- both stores. An outgoing webhook (no app) is verified against
+-- `cfg.webhook_token` instead, and needs no store.
 -- @module bitrix24.events
 
 local parse = require "bitrix24.events.parse"
+local trust = require "bitrix24.events.install"
 local errors = require "bitrix24.errors"
 
 local fail = errors.message
@@ -96,7 +99,7 @@ end
 local CFG = {
   store = "function", on = "table", webhook_token = "string", install = "table", client_id = "string",
   client_secret = "string", token_url = "string", client_opts = "table", limits = "table", log = "function",
-  client = "table",
+  client = "table", on_refresh = "function",
 }
 
 -- true | nil, why (a programmer error: the caller raises it).
@@ -136,10 +139,6 @@ local function valid_member(id)
   return type(id) == "string" and #id <= 64 and id:match("^%x+$") ~= nil
 end
 
-local function is_loopback(host)
-  return host == "localhost" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
-end
-
 -- load through pcall: a store is user code. -> table | nil | nil, err
 local function load(store)
   local ok, t, err = pcall(store.load, store)
@@ -165,59 +164,38 @@ local function stores(cfg, member_id)
   return tokens, app
 end
 
--- ONAPPINSTALL from a portal we do not know yet: see the top of the file.
-local function trust_install(cfg, auth)
-  local domain = type(auth.domain) == "string" and auth.domain:lower() or nil
-  local listed = false
-  for _, d in ipairs(cfg.install.domains) do
-    if domain and d:lower() == domain then listed = true end
-  end
-  if not listed then return nil, "ONAPPINSTALL from a domain not in cfg.install.domains" end
-  local host = domain:match("^[^:]+")
-  local want = (is_loopback(host) and "http://" or "https://") .. domain .. "/rest/"
-  if auth.client_endpoint ~= want then return nil, "ONAPPINSTALL whose client_endpoint is not " .. want end
-  if type(auth.access_token) ~= "string" or auth.access_token == "" then
-    return nil, "ONAPPINSTALL without an access_token"
-  end
-  local bitrix24 = require "bitrix24"
-  local ok, client = pcall(bitrix24.oauth, { endpoint = want, access_token = auth.access_token }, cfg.client_opts)
-  if not ok then return nil, "ONAPPINSTALL: " .. tostring(client) end
-  local info, err = client:call("app.info")
-  client:close()
-  if info == nil then
-    return nil, "ONAPPINSTALL: the portal did not accept its access_token (" .. tostring(err) .. ")"
-  end
-  return true
-end
-
 local TOKEN_KEYS = { "access_token", "refresh_token", "expires", "expires_in", "scope", "domain",
   "server_endpoint", "client_endpoint", "member_id", "status" }
 
 local function install(cfg, auth, tokens_store, app_store, known)
-  if not (known and M.same_token(known.application_token, auth.application_token)) then
-    if not cfg.install then return 401, "ONAPPINSTALL refused: cfg.install is not set" end
-    if known and known.domain and known.domain ~= auth.domain then
-      return 401, "ONAPPINSTALL for a known member_id from another domain"
-    end
-    local ok, why = trust_install(cfg, auth)
-    if not ok then return 401, why end
-  end
   if type(auth.application_token) ~= "string" or auth.application_token == "" then
     return 400, "ONAPPINSTALL without an application_token"
   end
   local tokens = {}
-  for _, k in ipairs(TOKEN_KEYS) do
-    if type(auth[k]) == "string" and auth[k] ~= "" then tokens[k] = auth[k] end
+  if known and M.same_token(known.application_token, auth.application_token) then
+    -- A reinstall the stored token vouches for: its tokens as they came.
+    for _, k in ipairs(TOKEN_KEYS) do
+      if type(auth[k]) == "string" and auth[k] ~= "" then tokens[k] = auth[k] end
+    end
+  else
+    if not cfg.install then return 401, "ONAPPINSTALL refused: cfg.install is not set" end
+    if known and known.domain and known.domain ~= auth.domain then
+      return 401, "ONAPPINSTALL for a known member_id from another domain"
+    end
+    local status, why
+    tokens, status, why = trust.verify(cfg, auth, function(msg) log(cfg, msg) end)
+    if not tokens then return status, why end
   end
-  -- The tokens first: an app token without them would accept events for
-  -- a portal we cannot call.
+  -- The tokens first: the install's own are dead once verify renewed
+  -- them, and an app token without tokens would accept events for a
+  -- portal we cannot call.
   local ok, err = save(tokens_store, tokens)
   if ok then
     ok, err = save(app_store, { application_token = auth.application_token, domain = auth.domain,
       client_endpoint = auth.client_endpoint, member_id = auth.member_id })
   end
   if not ok then return 500, "ONAPPINSTALL: the store failed: " .. errors.redact(err, { auth.access_token,
-    auth.refresh_token, auth.application_token }) end
+    auth.refresh_token, auth.application_token, tokens.access_token, tokens.refresh_token }) end
   return 200
 end
 
@@ -232,6 +210,7 @@ local function portal_client(cfg, member_id, tokens_store, record)
   local ok, client = pcall(bitrix24.oauth, {
     endpoint = saved.client_endpoint or record.client_endpoint, store = tokens_store,
     client_id = cfg.client_id, client_secret = cfg.client_secret, token_url = cfg.token_url,
+    on_refresh = cfg.on_refresh,
   }, cfg.client_opts)
   if not ok then
     log(cfg, "bitrix24 events: no client for member " .. member_id .. ": " .. tostring(client))
