@@ -96,6 +96,8 @@ end
 -- @tfield table client one client to hand to `on` instead of the portal's
 -- @tfield table limits `max_size`, `max_fields`, `max_depth` of the parser
 -- @tfield function log takes each message (default `ngx.log` at ERR, or stderr)
+-- @tfield function on_refresh gets every token set the token endpoint hands
+-- out (an install's renewal, each portal client's refresh) before any store
 local CFG = {
   store = "function", on = "table", webhook_token = "string", install = "table", client_id = "string",
   client_secret = "string", token_url = "string", client_opts = "table", limits = "table", log = "function",
