@@ -239,7 +239,7 @@ end
 -- The pipeline's request for a checked call of method with its body.
 local function request(self, method, body)
   return pipeline.request(self, method, methods.check_name(method), body,
-    self._opts.retry_writes or pipeline.is_read(method))
+    pipeline.is_read(method))
 end
 
 local function send(self, method, body)

@@ -19,10 +19,18 @@ local M = {}
 
 local MAX_REDIRECTS = 3
 
+-- Methods named like reads that change the portal, so they are never
+-- sent twice, not even with retry_writes: event.offline.get reserves the
+-- events it returns under a new process_id (clear=0) or deletes them
+-- (clear=1, its default), so a repeat after a lost answer strands or loses
+-- the first answer's events (FACTS §12.4).
+M.NEVER_REPEAT = { ["event.offline.get"] = true }
+
 -- Reads never change the portal, so a read whose answer was lost can be
 -- sent again; anything else might have been done already.
 function M.is_read(method)
   local m = method:lower()
+  if M.NEVER_REPEAT[m] then return false end
   return (m:match("%.get$") or m:match("%.list$") or m:match("%.fields$") or m:match("%.getlist$")) ~= nil
 end
 
@@ -135,7 +143,8 @@ end
 --- also when the client's opts.retry_writes allows.
 function M.request(c, method, key, body, safe)
   return {
-    method = method, key = key, body = body, write = not safe, safe = safe or c._policy.retry_writes,
+    method = method, key = key, body = body, write = not safe,
+    safe = safe or (c._policy.retry_writes and not M.NEVER_REPEAT[key]),
     url = c._auth.base .. method, tries = 0, redirects = 0, refreshed = false,
   }
 end
