@@ -238,8 +238,7 @@ end
 
 -- The pipeline's request for a checked call of method with its body.
 local function request(self, method, body)
-  return pipeline.request(self, method, methods.check_name(method), body,
-    pipeline.is_read(method))
+  return pipeline.request(self, method, body)
 end
 
 local function send(self, method, body)
@@ -259,16 +258,16 @@ end
 -- `requests` with at most `parallel` in flight (nil: the client's
 -- opts.parallel) and calls on_each(i, envelope, err) for each, in the
 -- order of `requests`; on_each returning false stops the rest. A request
--- is { method, params }, or { method = name, body = json, safe = bool,
--- subcalls = a batch's keys -> their methods } for a body made already.
+-- is { method, params }, or { method = name, body = json, subcalls = a
+-- batch's keys -> their methods } for a body made already (the pipeline
+-- decides from those names whether it may be repeated).
 -- Every request is checked before any is sent: returns nil and why for a
 -- bad one (the caller raises it), else true.
 function Client:_send_all(requests, parallel, on_each)
   local reqs = {}
   for i, r in ipairs(requests) do
     if r.body then
-      reqs[i] = pipeline.request(self, r.method, r.method:lower(), r.body, r.safe)
-      reqs[i].subcalls = r.subcalls
+      reqs[i] = pipeline.request(self, r.method, r.body, r.subcalls)
     else
       local method = r[1] or r.method
       local body, why = prepare(self, "calls", method, r[2] or r.params)
@@ -320,7 +319,7 @@ local function make_error(self)
 end
 
 -- Sends a batch plan's requests, together unless it halts.
-local function send_batch(self, plan, safe)
+local function send_batch(self, plan)
   local parallel = plan.halt and 1 or plan.parallel
   return batch.run(plan, function(bodies, on_each)
     local requests = {}
@@ -328,7 +327,7 @@ local function send_batch(self, plan, safe)
       -- Each command's time is charged to its own method (FACTS §5).
       local subcalls = {}
       for _, key in ipairs(plan.chunks[i]) do subcalls[key] = plan.methods[key] end
-      requests[i] = { method = "batch", body = body, safe = safe, subcalls = subcalls }
+      requests[i] = { method = "batch", body = body, subcalls = subcalls }
     end
     self:_send_all(requests, parallel, on_each)
   end, make_error(self))
@@ -341,7 +340,7 @@ function Client:batch(commands, opts)
   local plan, why = check_client(self, "batch")
   if plan then plan, why = batch.plan(commands, opts) end
   if not plan then errors.raise(2, why) end
-  return send_batch(self, plan, plan.reads_only)
+  return send_batch(self, plan)
 end
 
 --- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
@@ -350,7 +349,7 @@ function Client:lead_contacts(ids, opts)
   if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
   if plan == nil then errors.raise(2, keys) end   -- keys is why here
   if not plan then return {}, {} end              -- no ids: nothing to send
-  local results, err = send_batch(self, plan, true)
+  local results, err = send_batch(self, plan)
   return batch.by_lead(keys, results, err)
 end
 
@@ -360,13 +359,12 @@ local function send_pages(self, requests, parallel)
   local list = {}
   for i, r in ipairs(requests) do
     if r.batch then
-      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), safe = true,
-        subcalls = r.batch.methods }
+      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), subcalls = r.batch.methods }
     else
       -- Checked with the caller's params: pages only add paging keys.
       local body, bad = json_body(self, r.method, r.params)
       if not body then errors.raise(1, bad) end
-      list[i] = { method = r.method, body = body, safe = true }
+      list[i] = { method = r.method, body = body }
     end
   end
   local answers = {}

@@ -421,4 +421,21 @@ describe("the offline consumer", function()
       c:close()
     end
   end)
+
+  it("never repeats a batch carrying event.offline.get, even with retry_writes", function()
+    local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+      support.opts { tries = 3, retry_writes = true })
+    local function batches()
+      local n = 0
+      for _, r in ipairs(portal:requests()) do if tostring(r.method):lower() == "batch" then n = n + 1 end end
+      return n
+    end
+    portal:fault { kind = "malformed", method = "batch", times = 1 }
+    local before = batches()
+    local res, err = c:batch { a = { "event.offline.get", { clear = 0 } }, b = { "crm.lead.list" } }
+    assert.is_nil(res)
+    assert.equal("BAD_RESPONSE", err.code)
+    assert.equal(1, batches() - before)
+    c:close()
+  end)
 end)

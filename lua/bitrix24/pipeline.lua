@@ -34,6 +34,21 @@ function M.is_read(method)
   return (m:match("%.get$") or m:match("%.list$") or m:match("%.fields$") or m:match("%.getlist$")) ~= nil
 end
 
+-- Whether a request may be sent twice: the one place that decides it. A
+-- request carrying only reads may; any other only when the client's
+-- opts.retry_writes allows it, and never one of NEVER_REPEAT. subcalls: a
+-- batch's keys -> methods (the batch is what its commands are); a batch
+-- without them is not known to be reads.
+local function safe(c, method, subcalls)
+  local carried = subcalls or { method }
+  local reads, never = true, false
+  for _, m in pairs(carried) do
+    reads = reads and M.is_read(m)
+    never = never or M.NEVER_REPEAT[m:lower()] ~= nil
+  end
+  return reads or (c._policy.retry_writes and not never)
+end
+
 -- Where a redirect may be followed: the same scheme, host and port. A
 -- portal that moved to another host must not receive our secrets from a
 -- redirect; the caller updates the URL instead.
@@ -135,16 +150,14 @@ local function with_auth(body, token)
   return body:sub(1, -2) .. "," .. auth .. "}"
 end
 
---- A new request: method (as given), key (its lower-case name), body
---- (JSON), safe (it may be sent twice: a read, or the caller allows it).
---- A batch's request may also carry subcalls (its keys -> their methods),
---- whose operating time it spends.
---- The transport is told it is a write unless safe; the client repeats it
---- also when the client's opts.retry_writes allows.
-function M.request(c, method, key, body, safe)
+--- A new request: method (as given), body (JSON) and, for a batch,
+--- subcalls (its keys -> their methods), whose operating time it spends
+--- and which say whether it may be repeated. A request not safe to repeat
+--- is marked a write, so the transport never sends it twice on its own.
+function M.request(c, method, body, subcalls)
+  local ok = safe(c, method, subcalls)
   return {
-    method = method, key = key, body = body, write = not safe,
-    safe = safe or (c._policy.retry_writes and not M.NEVER_REPEAT[key]),
+    method = method, key = method:lower(), body = body, subcalls = subcalls, write = not ok, safe = ok,
     url = c._auth.base .. method, tries = 0, redirects = 0, refreshed = false,
   }
 end
