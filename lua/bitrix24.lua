@@ -318,9 +318,12 @@ local function make_error(self)
   return function(code, description, method) return fail_error(self._auth, method, code, description) end
 end
 
--- Sends a batch plan's requests, together unless it halts.
+-- Sends a batch plan's requests, together unless it halts or carries a
+-- write: requests in flight together all run, so a failed one could not
+-- stop writes sent beside or after it, and the answers after a failure are
+-- not reported (err.partial ends at the failure).
 local function send_batch(self, plan)
-  local parallel = plan.halt and 1 or plan.parallel
+  local parallel = (plan.halt or not plan.reads_only) and 1 or plan.parallel
   return batch.run(plan, function(bodies, on_each)
     local requests = {}
     for i, body in ipairs(bodies) do
