@@ -297,6 +297,33 @@ describe("fan-out", function()
       assert.is_table(err.partial.rows[1])
     end)
 
+    it("client:close() from on_request ends the calls with CANCELLED, one at a time or together", function()
+      for _, parallel in ipairs { 1, 2 } do
+        local c
+        c = client { parallel = parallel, on_request = function() c:close() end }
+        local sent = #portal:requests()
+        local results, errs = c:calls { { ITEMS_GET, { id = 1 } }, { ITEMS_GET, { id = 2 } } }
+        for i = 1, 2 do
+          assert.is_nil(results[i])
+          assert.equal("CANCELLED", errs[i].code, "parallel " .. parallel)
+        end
+        assert.equal(0, #portal:requests() - sent)
+      end
+      local c
+      c = client { on_request = function() c:close() end }
+      local rows, err = c:call(ITEMS_GET, { id = 1 })
+      assert.is_nil(rows)
+      assert.equal("CANCELLED", err.code)
+      -- Closed by on_response after a failed try: that failure, no next try.
+      c = client { tries = 3, on_response = function() c:close() end }
+      portal:fault { method = ITEMS_GET, kind = "error500", times = 1 }
+      local sent = #portal:requests()
+      rows, err = c:call(ITEMS_GET, { id = 1 })
+      assert.is_nil(rows)
+      assert.equal("INTERNAL_SERVER_ERROR", err.code)
+      assert.equal(1, #portal:requests() - sent)
+    end)
+
     it("a raised error from a callback stops the fan-out, and the client stays usable", function()
       local c = client()
       local ok, msg = pcall(c.calls, c, item_calls(40), { parallel = 4, progress = function(done)

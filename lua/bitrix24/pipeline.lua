@@ -182,6 +182,8 @@ function M.run(c, req, io)
       local url = req.url
       local shown = url:sub(1, #a.base) == a.base and a.shown .. url:sub(#a.base + 1) or url
       opts.on_request { method = req.method, url = errors.redact(shown, a.secrets) }
+      -- The hook may close the client: then there is nothing to send with.
+      if not rawget(c, "_http") then return nil, M.cancelled(c, req) end
     end
     local started = opts.on_response and core.monotonic()
     -- The try ends by the deadline too: the transport takes the smaller of
@@ -202,6 +204,8 @@ function M.run(c, req, io)
       lim:observe(req.key, env, req.subcalls)
       return env
     end
+    -- (closed by on_response: no refresh, no next try)
+    if not rawget(c, "_http") then return nil, M.error(c, req.method, failure, req.tries) end
     local now = io.now()
     local action, arg = M.decide(c, req, failure, now)
     if action == "refresh" then
