@@ -39,6 +39,11 @@ local OPTIONS = {
   operating_limit = "number", transport = "any", parallel = "number",
 }
 
+-- Options in seconds and their most: a bound that is infinite, or longer
+-- than a day, bounds nothing (the C core takes at most a day too).
+local MAX_SECONDS = 86400
+local SECONDS = { timeout = true, connect_timeout = true, deadline = true, max_wait = true }
+
 -- Returns the options (a table), or nil and why.
 local function check_opts(opts)
   if opts == nil then return {} end
@@ -52,7 +57,11 @@ local function check_opts(opts)
     elseif want ~= "any" and type(v) ~= want then
       return nil, fail("opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
-      return nil, fail("opts.%s must be positive", k)
+      return nil, fail("opts.%s must be positive, got %s", k, tostring(v))   -- NaN too
+    elseif want == "number" and v == math.huge then
+      return nil, fail("opts.%s must be finite, got %s", k, tostring(v))
+    elseif SECONDS[k] and v > MAX_SECONDS then
+      return nil, fail("opts.%s must be at most %d seconds (a day), got %s", k, MAX_SECONDS, tostring(v))
     end
   end
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
