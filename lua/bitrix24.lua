@@ -70,6 +70,11 @@ local OPTIONS = {
   operating_limit = "number", transport = "any", parallel = "number",
 }
 
+-- Options in seconds and their most: a bound that is infinite, or longer
+-- than a day, bounds nothing (the C core takes at most a day too).
+local MAX_SECONDS = 86400
+local SECONDS = { timeout = true, connect_timeout = true, deadline = true, max_wait = true }
+
 -- Returns the options (a table), or nil and why.
 local function check_opts(opts)
   if opts == nil then return {} end
@@ -83,7 +88,11 @@ local function check_opts(opts)
     elseif want ~= "any" and type(v) ~= want then
       return nil, fail("opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
-      return nil, fail("opts.%s must be positive", k)
+      return nil, fail("opts.%s must be positive, got %s", k, tostring(v))   -- NaN too
+    elseif want == "number" and v == math.huge then
+      return nil, fail("opts.%s must be finite, got %s", k, tostring(v))
+    elseif SECONDS[k] and v > MAX_SECONDS then
+      return nil, fail("opts.%s must be at most %d seconds (a day), got %s", k, MAX_SECONDS, tostring(v))
     end
   end
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
@@ -331,8 +340,7 @@ end
 
 -- The pipeline's request for a checked call of method with its body.
 local function request(self, method, body)
-  return pipeline.request(self, method, methods.check_name(method), body,
-    self._opts.retry_writes or pipeline.is_read(method))
+  return pipeline.request(self, method, body)
 end
 
 local function send(self, method, body)
@@ -368,16 +376,16 @@ end
 -- `requests` with at most `parallel` in flight (nil: the client's
 -- opts.parallel) and calls on_each(i, envelope, err) for each, in the
 -- order of `requests`; on_each returning false stops the rest. A request
--- is { method, params }, or { method = name, body = json, safe = bool,
--- subcalls = a batch's keys -> their methods } for a body made already.
+-- is { method, params }, or { method = name, body = json, subcalls = a
+-- batch's keys -> their methods } for a body made already (the pipeline
+-- decides from those names whether it may be repeated).
 -- Every request is checked before any is sent: returns nil and why for a
 -- bad one (the caller raises it), else true.
 function Client:_send_all(requests, parallel, on_each)
   local reqs = {}
   for i, r in ipairs(requests) do
     if r.body then
-      reqs[i] = pipeline.request(self, r.method, r.method:lower(), r.body, r.safe)
-      reqs[i].subcalls = r.subcalls
+      reqs[i] = pipeline.request(self, r.method, r.body, r.subcalls)
     else
       local method = r[1] or r.method
       local body, why = prepare(self, "calls", method, r[2] or r.params)
@@ -432,16 +440,19 @@ local function make_error(self)
   return function(code, description, method) return fail_error(self._auth, method, code, description) end
 end
 
--- Sends a batch plan's requests, together unless it halts.
-local function send_batch(self, plan, safe)
-  local parallel = plan.halt and 1 or plan.parallel
+-- Sends a batch plan's requests, together unless it halts or carries a
+-- write: requests in flight together all run, so a failed one could not
+-- stop writes sent beside or after it, and the answers after a failure are
+-- not reported (err.partial ends at the failure).
+local function send_batch(self, plan)
+  local parallel = (plan.halt or not plan.reads_only) and 1 or plan.parallel
   return batch.run(plan, function(bodies, on_each)
     local requests = {}
     for i, body in ipairs(bodies) do
       -- Each command's time is charged to its own method (FACTS §5).
       local subcalls = {}
       for _, key in ipairs(plan.chunks[i]) do subcalls[key] = plan.methods[key] end
-      requests[i] = { method = "batch", body = body, safe = safe, subcalls = subcalls }
+      requests[i] = { method = "batch", body = body, subcalls = subcalls }
     end
     self:_send_all(requests, parallel, on_each)
   end, make_error(self))
@@ -460,7 +471,7 @@ function Client:batch(commands, opts)
   local plan, why = check_client(self, "batch")
   if plan then plan, why = batch.plan(commands, opts) end
   if not plan then errors.raise(2, why) end
-  return send_batch(self, plan, plan.reads_only)
+  return send_batch(self, plan)
 end
 
 --- The contacts of many leads, `crm.lead.contact.items.get` for each, 50 leads
@@ -478,7 +489,7 @@ function Client:lead_contacts(ids, opts)
   if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
   if plan == nil then errors.raise(2, keys) end   -- keys is why here
   if not plan then return {}, {} end              -- no ids: nothing to send
-  local results, err = send_batch(self, plan, true)
+  local results, err = send_batch(self, plan)
   return batch.by_lead(keys, results, err)
 end
 
@@ -488,13 +499,12 @@ local function send_pages(self, requests, parallel)
   local list = {}
   for i, r in ipairs(requests) do
     if r.batch then
-      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), safe = true,
-        subcalls = r.batch.methods }
+      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), subcalls = r.batch.methods }
     else
       -- Checked with the caller's params: pages only add paging keys.
       local body, bad = json_body(self, r.method, r.params)
       if not body then errors.raise(1, bad) end
-      list[i] = { method = r.method, body = body, safe = true }
+      list[i] = { method = r.method, body = body }
     end
   end
   local answers = {}

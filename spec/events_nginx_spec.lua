@@ -371,6 +371,21 @@ describe("receiving events #nginx", function()
     assert.equal(before, read(dir .. "/leads.log"))
   end)
 
+  it("answers every 401 with one text: the requester cannot tell which member_ids are installed", function()
+    local texts = {}
+    for _, auth in ipairs { { member_id = "0123456789abcdef0123456789abcdef" },
+        { application_token = "forged" .. app_token }, { application_token = "" } } do
+      local status, text = post(events_url, event_body("ONCRMLEADUPDATE", { FIELDS = { ID = 2 } }, auth))
+      assert.equal(401, status)
+      texts[#texts + 1] = text
+    end
+    assert.equal(texts[1], texts[2])
+    assert.equal(texts[1], texts[3])
+    -- The precise reasons go to the server's log only.
+    assert.matches("unknown portal", error_log(), 1, true)
+    assert.matches("wrong or missing application_token", error_log(), 1, true)
+  end)
+
   it("parses a body of 500 fields, and rejects malformed, oversized and over-long ones", function()
     local fields = {}
     for i = 6, 499 do fields["F" .. i] = tostring(i) end   -- 494, with 6 other fields: 500

@@ -546,4 +546,50 @@ describe("the offline consumer", function()
     assert.same({ failing .. ":1" }, failed)
     assert.same({}, bitrix24.file_store(dir .. "/offline.json"):load())
   end)
+
+  -- event.offline.get reserves (clear=0) or deletes (clear=1) what it
+  -- returns: a repeat after a lost answer would strand the first answer's
+  -- events under a process_id nobody knows.
+  local function offline_gets()
+    local n = 0
+    for _, r in ipairs(portal:requests()) do
+      if tostring(r.method):lower() == "event.offline.get" then n = n + 1 end
+    end
+    return n
+  end
+
+  it("never repeats event.offline.get after a lost answer, even with tries > 1 or retry_writes", function()
+    assert.is_true(client:bind("ONCRMLEADADD", nil, { event_type = "offline" }))
+    for i = 1, 3 do assert(client:call("crm.lead.add", { fields = { TITLE = "once " .. i } })) end
+    for _, extra in ipairs { { tries = 3 }, { tries = 3, retry_writes = true } } do
+      local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+        support.opts(extra))
+      portal:fault { kind = "malformed", method = "event.offline.get", times = 1 }
+      local before = offline_gets()
+      local handled, err = events.consume_offline(c, {
+        store = bitrix24.file_store(dir .. "/once.json"), handler = function() return true end })
+      assert.is_nil(handled)
+      assert.equal("BAD_RESPONSE", err.code)
+      assert.equal(1, err.tries)
+      assert.equal(1, offline_gets() - before)
+      c:close()
+    end
+  end)
+
+  it("never repeats a batch carrying event.offline.get, even with retry_writes", function()
+    local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+      support.opts { tries = 3, retry_writes = true })
+    local function batches()
+      local n = 0
+      for _, r in ipairs(portal:requests()) do if tostring(r.method):lower() == "batch" then n = n + 1 end end
+      return n
+    end
+    portal:fault { kind = "malformed", method = "batch", times = 1 }
+    local before = batches()
+    local res, err = c:batch { a = { "event.offline.get", { clear = 0 } }, b = { "crm.lead.list" } }
+    assert.is_nil(res)
+    assert.equal("BAD_RESPONSE", err.code)
+    assert.equal(1, batches() - before)
+    c:close()
+  end)
 end)

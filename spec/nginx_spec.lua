@@ -545,6 +545,18 @@ describe("inside nginx #nginx", function()
         if q.method == "crm.lead.contact.items.get" then items = items + 1 end
       end
       assert.is_true(items < 20, items .. " requests")
+      -- Closed by on_request before anything is sent, one at a time or
+      -- in threads: every call is CANCELLED, none reaches the portal.
+      for _, parallel in ipairs { 1, 2 } do
+        r = get_json(base .. "/t/fanout?n=3&stop=on_request&parallel=" .. parallel)
+        assert.is_nil(r.raised, r.raised)
+        for i = 1, 3 do assert.equal("CANCELLED", r.codes[i]) end
+      end
+      local after = 0
+      for _, q in ipairs(portal:requests()) do
+        if q.method == "crm.lead.contact.items.get" then after = after + 1 end
+      end
+      assert.equal(items, after)
       -- The worker goes on serving fan-outs afterwards.
       r = get_json(base .. "/t/fanout?n=5&parallel=5")
       for i = 1, 5 do assert.is_table(r.results[i]) end

@@ -319,6 +319,10 @@ function M.receive(cfg, body, content_type)
   return 200, fn and job(cfg, fn, name, event, member_id, tokens_store, record)
 end
 
+-- What handle() answers to every event it cannot verify (the reason is
+-- logged, not sent).
+M.UNAUTHORIZED = "the event is not verified"
+
 local function read_file(path, max)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -358,7 +362,9 @@ function M.handle(cfg)
   local status, run, why = M.receive(cfg, body, ngx.var.content_type)
   if status ~= 200 then
     ngx.log(ngx.WARN, "bitrix24 events: rejected (", status, "): ", why)
-    return answer(status, why)
+    -- One text for every 401: telling "unknown portal" from "wrong token"
+    -- would tell anyone which member_ids are installed here.
+    return answer(status, status == 401 and M.UNAUTHORIZED or why)
   end
   answer(200)
   if run then run() end
