@@ -229,7 +229,7 @@ M.file_budget = limiter.file_budget
 -- @raise when dict is not a shared dict
 M.shared_dict_budget = limiter.shared_dict_budget
 
--- Shared between machines through Redis (README, "Many machines"): loaded
+-- Shared between machines through Redis (docs/many-machines.md): loaded
 -- on first use, so the client needs no Redis library until then.
 
 --- A rate-limit budget in Redis, shared by the machines of a portal (one

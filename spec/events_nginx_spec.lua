@@ -1,4 +1,4 @@
--- Receiving events in a real nginx: README.md's "Receiving events" block
+-- Receiving events in a real nginx: docs/events.md's nginx.conf block
 -- (the fenced nginx block after its marker line, with only the install
 -- paths, the port, the data directory and the allowed domain replaced),
 -- plus test locations, with the fake portal installing the app, firing
@@ -58,8 +58,8 @@ local function replace_all(s, old, new)
 end
 
 local function readme_block()
-  local readme = support.read_file(support.ROOT .. "/README.md")
-  local at = assert(readme:find(MARKER, 1, true), "README.md has no line " .. MARKER)
+  local readme = support.read_file(support.ROOT .. "/docs/events.md")
+  local at = assert(readme:find(MARKER, 1, true), "docs/events.md has no line " .. MARKER)
   return assert(readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER), "no ```nginx block after " .. MARKER)
 end
 
