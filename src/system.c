@@ -165,9 +165,37 @@ static void remove_stale_temps(const char *path)
     closedir(d);
 }
 
+/* The directory holding path, flushed so a rename into it survives a
+ * power loss: without it the old file (a refresh token already rotated
+ * away) can come back. Filesystems that cannot sync a directory say
+ * EINVAL; that is no failure of ours. */
+static int sync_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    int fd, e = 0;
+
+    if (!slash) {
+        strcpy(dir, ".");
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        if (n >= sizeof dir)
+            return ENAMETOOLONG;
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    if (fsync(fd) != 0 && errno != EINVAL)
+        e = errno;
+    close(fd);
+    return e;
+}
+
 /* core.write_file(path, data [, clean]): the new content appears whole or not at
- * all (a temporary file beside it, flushed, then renamed over it), and
- * is readable by the owner only, since it may hold tokens. The temporary
+ * all (a temporary file beside it, flushed, renamed over it, then the
+ * directory flushed), and is readable by the owner only, since it may hold tokens. The temporary
  * file is created anew (O_EXCL, 0600): reusing a leftover of the same
  * name would keep that file's mode (a stale 0644 one made a token store
  * world-readable). Callers hold the store's lock, so two writers never
@@ -206,8 +234,14 @@ static int sys_write_file(lua_State *L)
     if (!e && rename(tmp, path) != 0)
         e = errno;
     if (!e) {
-        lua_pushboolean(L, 1);
-        return 1;
+        /* The new content is in place; a failed directory sync only
+         * leaves its durability in doubt, and is said so. */
+        e = sync_dir(path);
+        if (!e) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+        goto fail;
     }
     unlink(tmp);
 fail:
