@@ -223,4 +223,19 @@ describe("token stores under faults", function()
     -- No temp file is left: neither ours nor the dead writer's.
     assert.equal("", (support.run("(ls -A '" .. dir .. "' | grep -F 'perm.json.tmp.' || true)")))
   end)
+
+  describe("core.lock", function()
+    local core = require "bitrix24.core"
+
+    it("raises naming the timeout when it is not a number of seconds in [0, 86400]", function()
+      for _, bad in ipairs { 0 / 0, -1, 86401, math.huge } do
+        local ok, err = pcall(core.lock, dir .. "/t.lock", bad)
+        assert.is_false(ok, tostring(bad))
+        assert.matches("#2", tostring(err))
+        assert.matches("seconds", tostring(err))
+      end
+      local lock = assert(core.lock(dir .. "/t.lock", 0))
+      lock:unlock()
+    end)
+  end)
 end)

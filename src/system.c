@@ -61,7 +61,7 @@ static void sleep_seconds(double s)
 static int sys_sleep(lua_State *L)
 {
     double s = (double)luaL_checknumber(L, 1);
-    luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be in [0, 86400]");
+    luaL_argcheck(L, s >= 0 && s <= B24_MAX_SECONDS, 1, "seconds must be in [0, 86400]");
     sleep_seconds(s);
     return 0;
 }
@@ -83,15 +83,19 @@ static int lock_gc(lua_State *L)
 
 /* core.lock(path [, timeout]) -> lock | nil, message
  * An exclusive flock on path (created 0600 if missing), waited for up
- * to timeout seconds (default 30). Released by lock:unlock(), by
- * garbage collection, by <close>, or when the process dies. */
+ * to timeout seconds (default 30, at most 86400). Released by
+ * lock:unlock(), by garbage collection, by <close>, or when the process
+ * dies. */
 static int sys_lock(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     double timeout = (double)luaL_optnumber(L, 2, 30);
     double waited = 0, step = 0.005;
-    b24_lock *k = lua_newuserdata(L, sizeof *k);
+    b24_lock *k;
 
+    luaL_argcheck(L, timeout >= 0 && timeout <= B24_MAX_SECONDS, 2,
+                  "seconds must be in [0, 86400]");
+    k = lua_newuserdata(L, sizeof *k);
     k->fd = -1;
     luaL_getmetatable(L, LOCK_MT);
     lua_setmetatable(L, -2);

@@ -5,6 +5,9 @@
 
 #include <lua.h>
 
+/* The longest wait any timeout or sleep may ask for: a day. */
+#define B24_MAX_SECONDS 86400
+
 void b24_system_register(lua_State *L);
 
 #endif
