@@ -85,12 +85,15 @@ static int lock_gc(lua_State *L)
  * An exclusive flock on path (created 0600 if missing), waited for up
  * to timeout seconds (default 30, at most 86400). Released by
  * lock:unlock(), by garbage collection, by <close>, or when the process
- * dies. */
+ * dies. The lock file must be a regular file and is never reached
+ * through a symlink: in a shared directory another user could plant
+ * one pointing at a file of ours, which O_CREAT would then create. */
 static int sys_lock(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     double timeout = (double)luaL_optnumber(L, 2, 30);
     double waited = 0, step = 0.005;
+    struct stat st;
     b24_lock *k;
 
     luaL_argcheck(L, timeout >= 0 && timeout <= B24_MAX_SECONDS, 2,
@@ -99,10 +102,16 @@ static int sys_lock(lua_State *L)
     k->fd = -1;
     luaL_getmetatable(L, LOCK_MT);
     lua_setmetatable(L, -2);
-    k->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    k->fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (k->fd < 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "cannot open lock file %s: %s", path, strerror(errno));
+        return 2;
+    }
+    if (fstat(k->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        lock_release(k);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot open lock file %s: not a regular file", path);
         return 2;
     }
     while (flock(k->fd, LOCK_EX | LOCK_NB) != 0) {
