@@ -123,8 +123,11 @@ void b24_http_read_opts(lua_State *L, b24_easy_opts *o)
     o->verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
     lua_getfield(L, t, "max_response");
     max = lua_isnil(L, -1) ? DEFAULT_MAX_RESPONSE : lua_tonumber(L, -1);
-    if (!(max > 0) || max > MAX_RESPONSE_LIMIT)
-        luaL_error(L, "option 'max_response' must be a number of bytes in (0, 1 GiB]");
+    /* A number, not a string that looks like one (as every other
+     * option); whole, since 0.5 would become a limit of 0 bytes. */
+    if ((!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TNUMBER)
+        || !(max >= 1) || max > MAX_RESPONSE_LIMIT || (double)(size_t)max != max)
+        luaL_error(L, "option 'max_response' must be a whole number of bytes in [1, 1 GiB]");
     o->max = (size_t)max;
 }
 

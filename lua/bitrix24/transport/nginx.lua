@@ -92,8 +92,8 @@ function M.new(opts)
   end
   local max = opts.max_response
   if max == nil then max = DEFAULT_MAX_RESPONSE end
-  if type(max) ~= "number" or not (max > 0) or max > MAX_RESPONSE_LIMIT then
-    error("bitrix24: option 'max_response' must be a number of bytes in (0, 1 GiB]", 2)
+  if type(max) ~= "number" or not (max >= 1) or max > MAX_RESPONSE_LIMIT or max ~= math.floor(max) then
+    error("bitrix24: option 'max_response' must be a whole number of bytes in [1, 1 GiB]", 2)
   end
   if opts.user_agent ~= nil and type(opts.user_agent) ~= "string" then
     error("bitrix24: option 'user_agent' must be a string", 2)
