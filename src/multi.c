@@ -344,11 +344,14 @@ static int multi_wait(lua_State *L)
 }
 
 /* Takes a slot out of flight; a running transfer is removed from the
- * multi handle, which closes its connection (it is left half-read). */
+ * multi handle, which closes its connection (it is left half-read). A
+ * large buffer goes back now, not at the slot's next request, which may
+ * never come. */
 static void stop(b24_multi *m, slot *s)
 {
     if (s->state == SLOT_RUNNING)
         curl_multi_remove_handle(m->multi, s->curl);
+    b24_answer_release(&s->answer);
     s->state = SLOT_IDLE;
     m->in_flight--;
 }
