@@ -32,6 +32,10 @@ local CASES = {
   { case = "endless_status", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3, endless = true },
   { case = "endless_header", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3, endless = true },
   { case = "many_headers", opts = { timeout = 3 }, code = "RESPONSE_TOO_LARGE", bound = 3, endless = true },
+  { case = "long_header_20k", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3,
+    description = "a header line longer than 16 KiB" },
+  { case = "long_header_150k", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3,
+    description = "a header line longer than 16 KiB" },
   -- Header bytes count towards max_response.
   { case = "many_headers", opts = { timeout = 3, max_response = 65536 }, code = "RESPONSE_TOO_LARGE", bound = 3 },
   { case = "endless_body", opts = { timeout = 3, max_response = 1048576 }, code = "RESPONSE_TOO_LARGE",
@@ -62,6 +66,7 @@ local function check(c, ok, code, description, elapsed)
   if c.code then
     assert.is_false(ok, "the call succeeded")
     assert.equal(c.code, code, what)
+    if c.description then assert.matches(c.description, tostring(description), 1, true) end
   else
     assert.is_true(ok, what)
   end

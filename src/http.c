@@ -245,6 +245,11 @@ static const char *failure_code(CURLcode rc, int too_large)
 int b24_http_push_failure(lua_State *L, CURLcode rc, const b24_answer *a,
                           const char *errbuf)
 {
+    if (b24_answer_long_line(a, rc)) {
+        lua_pushfstring(L, "reading the answer's headers: a header line longer than 16 KiB (%d bytes)",
+                        B24_MAX_HEADER_LINE);
+        return b24_failure_push(L, B24_E_NETWORK, lua_gettop(L), 0, 0, NULL);
+    }
     if (a->too_large)
         lua_pushfstring(L, "the answer is larger than max_response (%d bytes)",
                         (int)a->max);
