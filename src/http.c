@@ -14,11 +14,11 @@
 #include "envelope.h"
 #include "failure.h"
 #include "http.h"
+#include "system.h"
 #include "version.h"
 
 #define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
 #define MAX_RESPONSE_LIMIT (1024.0 * 1024 * 1024)
-#define MAX_SECONDS 86400
 
 typedef struct {
     CURL *curl;
@@ -57,9 +57,9 @@ static long opt_ms(lua_State *L, int t, const char *key, double dflt)
     if (lua_isnil(L, -1))
         s = dflt;
     else if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0)
-             || lua_tonumber(L, -1) > MAX_SECONDS)
+             || lua_tonumber(L, -1) > B24_MAX_SECONDS)
         return luaL_error(L, "option '%s' must be a number of seconds in (0, %d]",
-                          key, MAX_SECONDS);
+                          key, B24_MAX_SECONDS);
     else
         s = lua_tonumber(L, -1);
     lua_pop(L, 1);
@@ -83,7 +83,7 @@ long b24_http_call_timeout(lua_State *L, int i, long handle_ms)
     if (lua_isnoneornil(L, i))
         return handle_ms;
     s = luaL_checknumber(L, i);
-    luaL_argcheck(L, s > 0 && s <= MAX_SECONDS, i,
+    luaL_argcheck(L, s > 0 && s <= B24_MAX_SECONDS, i,
                   "timeout must be a number of seconds in (0, 86400]");
     ms = b24_ms(s);
     return ms < handle_ms ? ms : handle_ms;

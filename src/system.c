@@ -39,10 +39,15 @@ static int sys_now(lua_State *L)
     return 1;
 }
 
+double b24_monotonic(void)
+{
+    return clock_seconds(CLOCK_MONOTONIC);
+}
+
 /* core.monotonic() -> seconds on a clock that never jumps back. */
 static int sys_monotonic(lua_State *L)
 {
-    lua_pushnumber(L, (lua_Number)clock_seconds(CLOCK_MONOTONIC));
+    lua_pushnumber(L, (lua_Number)b24_monotonic());
     return 1;
 }
 

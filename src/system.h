@@ -10,4 +10,7 @@
 
 void b24_system_register(lua_State *L);
 
+/* Seconds on a clock that never jumps back (core.monotonic). */
+double b24_monotonic(void);
+
 #endif
