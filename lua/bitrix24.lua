@@ -45,7 +45,7 @@ local Client = {}
 -- @tfield[opt=true] boolean tls_verify `false` turns certificate checks off (said once on stderr)
 -- @tfield[opt] string user_agent the User-Agent header (default `bitrix24-lua/<version>`)
 -- @tfield[opt] string proxy a proxy URL (libcurl also reads `https_proxy` and friends)
--- @tfield[opt] number max_response bytes (default 64 MiB); a larger answer fails with `RESPONSE_TOO_LARGE`
+-- @tfield[opt] number max_response a whole number of bytes in [1, 1 GiB] (default 64 MiB); a larger answer fails with `RESPONSE_TOO_LARGE`
 -- @tfield[opt] function on_request `function(info)` before each HTTP request: `method`, `url` (secret removed)
 -- @tfield[opt] function on_response `function(info)` after it: `method`, `duration`, `status`, `code`, `operating`
 -- @tfield[opt=2] number rate the portal's leaky bucket: requests a second it drains
@@ -108,6 +108,12 @@ local function check_opts(opts)
   end
   if opts.tries ~= nil and opts.tries ~= math.floor(opts.tries) then
     return nil, fail("opts.tries must be a whole number")
+  end
+  -- The same bound as the core's (src/http.c): a fraction of a byte
+  -- would round down to an answer limit of nothing.
+  local max = opts.max_response
+  if max ~= nil and (max ~= math.floor(max) or max > 2 ^ 30) then
+    return nil, fail("opts.max_response must be a whole number of bytes in [1, 1 GiB]")
   end
   local bad = fanout.check(opts.parallel, "")
   if bad then return nil, bad end

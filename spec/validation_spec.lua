@@ -154,6 +154,26 @@ describe("programmer errors", function()
     end)
   end)
 
+  it("rejects a max_response that is not a whole number of bytes in [1, 1 GiB], in the client and the core", function()
+    local core = require "bitrix24.core"
+    for _, bad in ipairs { 0.5, 1000.5, 2 ^ 30 + 1, 1 / 0 } do
+      raises("opts%.max_response must be a whole number of bytes in %[1, 1 GiB%]", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { max_response = bad })
+      end)
+    end
+    for _, bad in ipairs { 0.5, 0, -1, 1000.5, 2 ^ 30 + 1, 0 / 0, "1000" } do
+      for _, new in ipairs { core.http, core.multi } do
+        local ok, err = pcall(new, { max_response = bad })
+        assert.is_false(ok, tostring(bad))
+        assert.matches("option 'max_response' must be a whole number of bytes in %[1, 1 GiB%]", tostring(err))
+      end
+    end
+    local h = core.http { max_response = 1 }
+    h:close()
+    local c = bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { max_response = 2 ^ 30 })
+    c:close()
+  end)
+
   it("allows plain http:// to a remote host only when asked", function()
     local c = bitrix24.webhook("http://portal.example/rest/1/abcd1234/", support.opts { allow_http = true })
     assert.matches("http://portal.example", tostring(c), 1, true)
