@@ -1,7 +1,9 @@
 /* Shared pieces of the libFuzzer targets (see README.md): one Lua 5.4
- * state per process (the targets load cjson with b24_json_push_decoder,
- * as core.c does), and a builder that turns any byte string into a Lua
- * value.
+ * state per process, b24_fuzz_L, made by LLVMFuzzerInitialize below (a
+ * target that defines B24_FUZZ_DECODER before including this gets
+ * cjson's decode at stack index 1, loaded with b24_json_push_decoder as
+ * core.c does), the end of every run (b24_fuzz_end), and a builder that
+ * turns any byte string into a Lua value.
  *
  * The builder reads a lenient JSON: every JSON document (the docs'
  * examples, real answers) is a valid input, any other byte string still
@@ -27,18 +29,42 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#ifdef B24_FUZZ_DECODER
+#include "json.h"
+#endif
+
 typedef struct {
     const char *p, *end;
     int depth, max_depth, cycles;
 } b24_reader;
 
-static lua_State *b24_fuzz_state(void)
+static lua_State *b24_fuzz_L;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    lua_State *L = luaL_newstate();
-    if (!L)
+    (void)argc;
+    (void)argv;
+    b24_fuzz_L = luaL_newstate();
+    if (!b24_fuzz_L)
         abort();
-    luaL_openlibs(L);
-    return L;
+    luaL_openlibs(b24_fuzz_L);
+#ifdef B24_FUZZ_DECODER
+    b24_json_push_decoder(b24_fuzz_L); /* stack index 1 */
+#endif
+    return 0;
+}
+
+/* The end of every run: the stack back to top, and a full collection
+ * now and then, so garbage of many runs does not pile up. */
+static void b24_fuzz_end(lua_State *L, int top)
+{
+    static unsigned runs;
+    lua_settop(L, top);
+    if (++runs % 256 == 0)
+        lua_gc(L, LUA_GCCOLLECT, 0);
 }
 
 static int dummy_function(lua_State *L)

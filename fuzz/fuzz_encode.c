@@ -6,22 +6,8 @@
  * Checks: it returns one string or raises a Lua error with a message
  * (never crashes); the string is valid UTF-8 and valid JSON (cjson
  * decodes it). */
+#define B24_FUZZ_DECODER
 #include "common.h"
-#include "json.h"
-
-static lua_State *L;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    L = b24_fuzz_state();
-    b24_json_push_decoder(L); /* stack index 1 */
-    return 0;
-}
 
 /* 1 when s[0..len) is UTF-8 without overlong forms or surrogates. */
 static int valid_utf8(const unsigned char *s, size_t len)
@@ -58,7 +44,7 @@ static int valid_utf8(const unsigned char *s, size_t len)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static unsigned runs;
+    lua_State *L = b24_fuzz_L;
     int top = lua_gettop(L);
 
     lua_pushcfunction(L, b24_json_encode);
@@ -78,8 +64,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (lua_type(L, -1) != LUA_TSTRING) {
         abort();
     }
-    lua_settop(L, top);
-    if (++runs % 256 == 0)
-        lua_gc(L, LUA_GCCOLLECT, 0);
+    b24_fuzz_end(L, top);
     return 0;
 }

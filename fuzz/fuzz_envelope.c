@@ -7,27 +7,13 @@
  * (nil, failure) with failure = { code, description, status,
  * envelope-or-nil }, never raises, and every integral number of the
  * envelope is a Lua integer. */
+#define B24_FUZZ_DECODER
 #include "common.h"
 #include "envelope.h"
-#include "json.h"
-
-static lua_State *L;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    L = b24_fuzz_state();
-    b24_json_push_decoder(L); /* stack index 1 */
-    return 0;
-}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static unsigned runs;
+    lua_State *L = b24_fuzz_L;
     long status = 200;
     int top = lua_gettop(L), n, base;
     const char *body = (const char *)data;
@@ -70,8 +56,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (lua_type(L, -2) == LUA_TTABLE)
             b24_fuzz_check_normalized(L, -2, 0);
     }
-    lua_settop(L, top);
-    if (++runs % 256 == 0)
-        lua_gc(L, LUA_GCCOLLECT, 0);
+    b24_fuzz_end(L, top);
     return 0;
 }

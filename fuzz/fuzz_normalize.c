@@ -9,22 +9,9 @@
 #include "common.h"
 #include "../src/json.c"
 
-static lua_State *L;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    L = b24_fuzz_state();
-    return 0;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static unsigned runs;
+    lua_State *L = b24_fuzz_L;
     int top = lua_gettop(L);
 
     b24_fuzz_value(L, data, size, 1000, 0);
@@ -34,8 +21,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         b24_fuzz_check_normalized(L, -1, 0);
     }
-    lua_settop(L, top);
-    if (++runs % 256 == 0)
-        lua_gc(L, LUA_GCCOLLECT, 0);
+    b24_fuzz_end(L, top);
     return 0;
 }

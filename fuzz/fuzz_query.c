@@ -9,22 +9,9 @@
 #include "common.h"
 #include "query.h"
 
-static lua_State *L;
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-int LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-    (void)argc;
-    (void)argv;
-    L = b24_fuzz_state();
-    return 0;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static unsigned runs;
+    lua_State *L = b24_fuzz_L;
     int top = lua_gettop(L);
 
     lua_pushcfunction(L, b24_query);
@@ -41,8 +28,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     } else if (lua_type(L, -1) != LUA_TSTRING) {
         abort();
     }
-    lua_settop(L, top);
-    if (++runs % 256 == 0)
-        lua_gc(L, LUA_GCCOLLECT, 0);
+    b24_fuzz_end(L, top);
     return 0;
 }

@@ -33,6 +33,23 @@ describe("core.query", function()
     assert.equal("a=1&b=1.5&c=1099511627776&d=1&e=0&f=-3", core.query { a = 1, b = 1.5, c = 2^40, d = true, e = false, f = -3 })
   end)
 
+  it("refuses keys PHP would read as another name, naming the key", function()
+    -- PHP's parse_str decodes %5B before it looks for brackets, so
+    -- "fields[TITLE]" as one key and fields = { TITLE = ... } would both
+    -- arrive as fields[TITLE], one silently overwriting the other.
+    assert.has_error(function() core.query { ["fields[TITLE]"] = 1, fields = { TITLE = 2 } } end,
+      'cannot encode the key "fields[TITLE]" (PHP reads brackets in a name as nesting) at the top level')
+    assert.has_error(function() core.query { fields = { ["A]"] = 1 } } end,
+      'cannot encode the key "A]" (PHP reads brackets in a name as nesting) at fields')
+    -- At the top level PHP turns "." and " " into "_": "a.b" would be a_b.
+    assert.has_error(function() core.query { ["a.b"] = 1, a_b = 2 } end,
+      'cannot encode the key "a.b" (PHP reads a dot or a space in a top-level name as "_") at the top level')
+    assert.has_error(function() core.query { [" id"] = 1 } end,
+      'cannot encode the key " id" (PHP reads a dot or a space in a top-level name as "_") at the top level')
+    -- Below the top level PHP keeps them.
+    assert.equal("filter[a.b%20c]=1", core.query { filter = { ["a.b c"] = 1 } })
+  end)
+
   it("raises naming the key for what cannot be encoded", function()
     assert.has_error(function() core.query { fields = { x = print } } end, "cannot encode function at fields[x]")
     assert.has_error(function() core.query { n = 0 / 0 } end, "cannot encode a NaN or infinite number at n")

@@ -69,6 +69,10 @@ local CASES = {
   end,
   endless_status = function(c) endless(c, "HTTP/1.1 200 ", FILLER) end,
   endless_header = function(c) endless(c, head() .. "X-Big: ", FILLER) end,
+  -- One whole header line, then a fine answer: above both transports'
+  -- 16 KiB a line, and above libcurl's own 100 KiB.
+  long_header_20k = function(c) send(c, ok_answer("X-Long: " .. string.rep("l", 20 * 1024) .. "\r\n")) end,
+  long_header_150k = function(c) send(c, ok_answer("X-Long: " .. string.rep("l", 150 * 1024) .. "\r\n")) end,
   many_headers = function(c)
     endless(c, head(), "X-Many: " .. string.rep("m", 8000) .. "\r\n")
   end,

@@ -32,6 +32,10 @@ local CASES = {
   { case = "endless_status", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3, endless = true },
   { case = "endless_header", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3, endless = true },
   { case = "many_headers", opts = { timeout = 3 }, code = "RESPONSE_TOO_LARGE", bound = 3, endless = true },
+  { case = "long_header_20k", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3,
+    description = "a header line longer than 16 KiB" },
+  { case = "long_header_150k", opts = { timeout = 3 }, code = "NETWORK_ERROR", bound = 3,
+    description = "a header line longer than 16 KiB" },
   -- Header bytes count towards max_response.
   { case = "many_headers", opts = { timeout = 3, max_response = 65536 }, code = "RESPONSE_TOO_LARGE", bound = 3 },
   { case = "endless_body", opts = { timeout = 3, max_response = 1048576 }, code = "RESPONSE_TOO_LARGE",
@@ -62,6 +66,7 @@ local function check(c, ok, code, description, elapsed)
   if c.code then
     assert.is_false(ok, "the call succeeded")
     assert.equal(c.code, code, what)
+    if c.description then assert.matches(c.description, tostring(description), 1, true) end
   else
     assert.is_true(ok, what)
   end
@@ -120,6 +125,44 @@ describe("hostile servers, core.multi", function()
       check(c, result ~= nil, failure.code, failure.description, elapsed)
     end)
   end
+end)
+
+-- Resident memory of this process in KiB.
+local function rss_kib()
+  return tonumber(support.read_file("/proc/self/status"):match("VmRSS:%s*(%d+)"))
+end
+
+-- Under a memory checker freed memory is held back (ASan's quarantine,
+-- valgrind's own allocator): resident size says nothing there.
+local function rss_tells()
+  return os.getenv("ASAN_OPTIONS") == nil and not support.read_file("/proc/self/maps"):find("vgpreload", 1, true)
+end
+
+describe("core.multi's abort", function()
+  local core = require "bitrix24.core"
+  local server, base
+
+  setup(function() server, base = start_server() end)
+  teardown(function() child.stop(server) end)
+
+  it("gives back the buffer of a large half-read answer at once", function()
+    local m = core.multi { timeout = 10, max_response = 512 * 1024 * 1024 }
+    local before = rss_kib()
+    local ticket = m:start(base .. "/endless_body/rest/1/abcdef/crm.lead.contact.fields", "{}")
+    -- Read until 32 MiB of the endless answer are in; bounded in time.
+    local stop = socket.gettime() + 8
+    while rss_kib() - before < 32 * 1024 and socket.gettime() < stop do
+      assert.is_nil(m:wait(0.05), "the endless answer ended")
+    end
+    assert.is_true(rss_kib() - before >= 32 * 1024, "32 MiB of the answer never came in")
+    assert.equal(1, m:abort(ticket))
+    assert.equal(0, m:in_flight())
+    if rss_tells() then
+      local grown = rss_kib() - before
+      assert.is_true(grown < 16 * 1024, string.format("still %d KiB more resident after the abort", grown))
+    end
+    m:close()
+  end)
 end)
 
 describe("the transport's per-call timeout", function()

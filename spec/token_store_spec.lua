@@ -223,4 +223,39 @@ describe("token stores under faults", function()
     -- No temp file is left: neither ours nor the dead writer's.
     assert.equal("", (support.run("(ls -A '" .. dir .. "' | grep -F 'perm.json.tmp.' || true)")))
   end)
+
+  describe("core.lock", function()
+    local core = require "bitrix24.core"
+
+    it("raises naming the timeout when it is not a number of seconds in [0, 86400]", function()
+      for _, bad in ipairs { 0 / 0, -1, 86401, math.huge } do
+        local ok, err = pcall(core.lock, dir .. "/t.lock", bad)
+        assert.is_false(ok, tostring(bad))
+        assert.matches("#2", tostring(err))
+        assert.matches("seconds", tostring(err))
+      end
+      local lock = assert(core.lock(dir .. "/t.lock", 0))
+      lock:unlock()
+    end)
+
+    it("never follows a planted symlink nor takes a lock on something not a regular file", function()
+      -- In a shared directory another user can plant "x.lock -> file of
+      -- yours": opening it with O_CREAT would create (or lock) that file.
+      local victim = dir .. "/victim"
+      os.remove(victim)
+      os.remove(dir .. "/planted.lock")
+      assert(os.execute("ln -s '" .. victim .. "' '" .. dir .. "/planted.lock'"))
+      local lock, err = core.lock(dir .. "/planted.lock", 0)
+      assert.is_nil(lock)
+      assert.matches("planted.lock", err)
+      assert.is_nil(io.open(victim, "rb"), "the symlink's target was created")
+      os.remove(dir .. "/planted.lock")
+      os.remove(dir .. "/fifo.lock")
+      assert(os.execute("mkfifo '" .. dir .. "/fifo.lock'"))
+      lock, err = core.lock(dir .. "/fifo.lock", 0)
+      assert.is_nil(lock)
+      assert.matches("not a regular file", err)
+      os.remove(dir .. "/fifo.lock")
+    end)
+  end)
 end)

@@ -127,6 +127,24 @@ describe("programmer errors", function()
     raises("opts%.timeout must be positive", function()
       bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { timeout = -1 })
     end)
+    -- A bound that is infinite, or longer than a day, bounds nothing.
+    for _, k in ipairs { "timeout", "connect_timeout", "deadline", "max_wait" } do
+      raises("opts%." .. k .. " must be finite", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = math.huge })
+      end)
+      raises("opts%." .. k .. " must be positive", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = 0 / 0 })
+      end)
+      raises("opts%." .. k .. " must be at most 86400 seconds", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = 86401 })
+      end)
+      bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = 86400 }):close()
+    end
+    for _, k in ipairs { "rate", "burst", "tries", "max_response", "operating_limit" } do
+      raises("opts%." .. k .. " must be finite", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = math.huge })
+      end)
+    end
     raises("access_token is required", function()
       bitrix24.oauth { endpoint = "https://portal.example/rest/" }
     end)
@@ -134,6 +152,26 @@ describe("programmer errors", function()
     raises("on_refresh must be a function", function()
       bitrix24.oauth { endpoint = "https://portal.example/rest/", access_token = "abcd", on_refresh = true }
     end)
+  end)
+
+  it("rejects a max_response that is not a whole number of bytes in [1, 1 GiB], in the client and the core", function()
+    local core = require "bitrix24.core"
+    for _, bad in ipairs { 0.5, 1000.5, 2 ^ 30 + 1, 1 / 0 } do
+      raises("opts%.max_response must be a whole number of bytes in %[1, 1 GiB%]", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { max_response = bad })
+      end)
+    end
+    for _, bad in ipairs { 0.5, 0, -1, 1000.5, 2 ^ 30 + 1, 0 / 0, "1000" } do
+      for _, new in ipairs { core.http, core.multi } do
+        local ok, err = pcall(new, { max_response = bad })
+        assert.is_false(ok, tostring(bad))
+        assert.matches("option 'max_response' must be a whole number of bytes in %[1, 1 GiB%]", tostring(err))
+      end
+    end
+    local h = core.http { max_response = 1 }
+    h:close()
+    local c = bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { max_response = 2 ^ 30 })
+    c:close()
   end)
 
   it("allows plain http:// to a remote host only when asked", function()

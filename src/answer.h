@@ -10,12 +10,23 @@
 
 #include "buffer.h"
 
+/* The longest header line (status line, header, trailer) either
+ * transport takes, its CRLF not counted: as the nginx transport's
+ * MAX_LINE. */
+#define B24_MAX_HEADER_LINE 16384
+
 typedef struct {
     b24_buf body;
     size_t max;          /* max_response: header and body bytes together */
     size_t header_len;   /* header bytes of the current answer */
     int too_large;       /* the transfer stopped at max */
+    int long_line;       /* the transfer stopped at a header line too long */
+    int in_headers;      /* a header block is being read (no blank line yet) */
 } b24_answer;
+
+/* Whether a transfer that ended with rc stopped at a header line longer
+ * than B24_MAX_HEADER_LINE. */
+int b24_answer_long_line(const b24_answer *a, CURLcode rc);
 
 /* Points the easy handle's body and header callbacks at a. */
 CURLcode b24_answer_attach(CURL *curl, b24_answer *a);

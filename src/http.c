@@ -14,11 +14,11 @@
 #include "envelope.h"
 #include "failure.h"
 #include "http.h"
+#include "system.h"
 #include "version.h"
 
 #define DEFAULT_MAX_RESPONSE (64 * 1024 * 1024)
 #define MAX_RESPONSE_LIMIT (1024.0 * 1024 * 1024)
-#define MAX_SECONDS 86400
 
 typedef struct {
     CURL *curl;
@@ -57,9 +57,9 @@ static long opt_ms(lua_State *L, int t, const char *key, double dflt)
     if (lua_isnil(L, -1))
         s = dflt;
     else if (lua_type(L, -1) != LUA_TNUMBER || !(lua_tonumber(L, -1) > 0)
-             || lua_tonumber(L, -1) > MAX_SECONDS)
+             || lua_tonumber(L, -1) > B24_MAX_SECONDS)
         return luaL_error(L, "option '%s' must be a number of seconds in (0, %d]",
-                          key, MAX_SECONDS);
+                          key, B24_MAX_SECONDS);
     else
         s = lua_tonumber(L, -1);
     lua_pop(L, 1);
@@ -83,7 +83,7 @@ long b24_http_call_timeout(lua_State *L, int i, long handle_ms)
     if (lua_isnoneornil(L, i))
         return handle_ms;
     s = luaL_checknumber(L, i);
-    luaL_argcheck(L, s > 0 && s <= MAX_SECONDS, i,
+    luaL_argcheck(L, s > 0 && s <= B24_MAX_SECONDS, i,
                   "timeout must be a number of seconds in (0, 86400]");
     ms = b24_ms(s);
     return ms < handle_ms ? ms : handle_ms;
@@ -123,8 +123,11 @@ void b24_http_read_opts(lua_State *L, b24_easy_opts *o)
     o->verify = lua_isnil(L, -1) || lua_toboolean(L, -1);
     lua_getfield(L, t, "max_response");
     max = lua_isnil(L, -1) ? DEFAULT_MAX_RESPONSE : lua_tonumber(L, -1);
-    if (!(max > 0) || max > MAX_RESPONSE_LIMIT)
-        luaL_error(L, "option 'max_response' must be a number of bytes in (0, 1 GiB]");
+    /* A number, not a string that looks like one (as every other
+     * option); whole, since 0.5 would become a limit of 0 bytes. */
+    if ((!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TNUMBER)
+        || !(max >= 1) || max > MAX_RESPONSE_LIMIT || (double)(size_t)max != max)
+        luaL_error(L, "option 'max_response' must be a whole number of bytes in [1, 1 GiB]");
     o->max = (size_t)max;
 }
 
@@ -242,6 +245,11 @@ static const char *failure_code(CURLcode rc, int too_large)
 int b24_http_push_failure(lua_State *L, CURLcode rc, const b24_answer *a,
                           const char *errbuf)
 {
+    if (b24_answer_long_line(a, rc)) {
+        lua_pushfstring(L, "reading the answer's headers: a header line longer than 16 KiB (%d bytes)",
+                        B24_MAX_HEADER_LINE);
+        return b24_failure_push(L, B24_E_NETWORK, lua_gettop(L), 0, 0, NULL);
+    }
     if (a->too_large)
         lua_pushfstring(L, "the answer is larger than max_response (%d bytes)",
                         (int)a->max);

@@ -291,13 +291,21 @@ void b24_json_push_decoder(lua_State *L)
     lua_pop(L, 1);
 }
 
-/* cjson raises on bad JSON, and a raise must not unwind through our
- * caller (which may hold curl state): protected mode. */
+/* cjson raises on bad JSON: protected mode turns that into a broken
+ * answer. Out of memory is not a broken answer (a read would be retried,
+ * a write that ran reported as garbled): it is raised again, as any
+ * allocation failure is. That is safe here: callers run this after the
+ * transfer, with no libcurl frame below, and the buffers belong to
+ * userdata that garbage collection frees. */
 int b24_json_parse(lua_State *L, int decode_idx, const char *text, size_t len)
 {
+    int rc;
     lua_pushvalue(L, decode_idx);
     lua_pushlstring(L, text, len);
-    if (lua_pcall(L, 1, 1, 0) != 0)
+    rc = lua_pcall(L, 1, 1, 0);
+    if (rc == LUA_ERRMEM)
+        lua_error(L);
+    if (rc != 0)
         return 0;
     if (lua_type(L, -1) == LUA_TTABLE)
         normalize(L);

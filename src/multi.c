@@ -18,7 +18,6 @@
 
 #include <limits.h>
 #include <string.h>
-#include <time.h>
 
 #include <curl/curl.h>
 
@@ -27,11 +26,11 @@
 #include "envelope.h"
 #include "http.h"
 #include "multi.h"
+#include "system.h"
 
 #define DEFAULT_PARALLEL 8
 /* Bitrix24 admits bursts of 250 requests on its largest plans. */
 #define MAX_PARALLEL 256
-#define MAX_SECONDS 86400
 
 enum { SLOT_IDLE, SLOT_RUNNING, SLOT_DONE };
 
@@ -99,18 +98,11 @@ static b24_multi *check_multi(lua_State *L)
     return m;
 }
 
-static double monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* wait's seconds: in [0, MAX_SECONDS] (0: just look), or raises. */
+/* wait's seconds: in [0, B24_MAX_SECONDS] (0: just look), or raises. */
 static double check_wait(lua_State *L, int i)
 {
     double s = (double)luaL_checknumber(L, i);
-    luaL_argcheck(L, s >= 0 && s <= MAX_SECONDS, i, "seconds must be in [0, 86400]");
+    luaL_argcheck(L, s >= 0 && s <= B24_MAX_SECONDS, i, "seconds must be in [0, 86400]");
     return s;
 }
 
@@ -293,7 +285,7 @@ static slot *next_done(lua_State *L, b24_multi *m, double deadline)
             luaL_error(L, "curl_multi_perform: %s", curl_multi_strerror(mrc));
         collect_done(m);
         s = first_done(m);
-        left = deadline - monotonic();
+        left = deadline - b24_monotonic();
         if (s || left <= 0)
             break;
 #if LIBCURL_VERSION_NUM >= 0x074200
@@ -315,7 +307,7 @@ static slot *next_done(lua_State *L, b24_multi *m, double deadline)
 static int multi_wait(lua_State *L)
 {
     b24_multi *m = check_multi(L);
-    double deadline = monotonic() + (lua_isnoneornil(L, 2) ? 0 : check_wait(L, 2));
+    double deadline = b24_monotonic() + (lua_isnoneornil(L, 2) ? 0 : check_wait(L, 2));
     slot *s = next_done(L, m, deadline);
     int n;
 
@@ -344,11 +336,14 @@ static int multi_wait(lua_State *L)
 }
 
 /* Takes a slot out of flight; a running transfer is removed from the
- * multi handle, which closes its connection (it is left half-read). */
+ * multi handle, which closes its connection (it is left half-read). A
+ * large buffer goes back now, not at the slot's next request, which may
+ * never come. */
 static void stop(b24_multi *m, slot *s)
 {
     if (s->state == SLOT_RUNNING)
         curl_multi_remove_handle(m->multi, s->curl);
+    b24_answer_release(&s->answer);
     s->state = SLOT_IDLE;
     m->in_flight--;
 }

@@ -3,7 +3,8 @@
  *   -> "fields[CONTACT_ID]=5&id=1&items[0][SORT]=10"
  *
  * Names and values are percent-encoded once (RFC 3986 unreserved
- * characters stay); brackets stay literal, as in Bitrix24's docs. Arrays
+ * characters stay); brackets stay literal, as in Bitrix24's docs. Keys
+ * PHP would read as another name are refused (see check_key). Arrays
  * (keys 1..n) get 0-based indexes; map keys are sorted so the same params
  * always give the same string. A value that is a batch reference
  * ($result[cmd][0][ID], also $next, $total, $time, $error) is passed
@@ -94,6 +95,25 @@ static size_t format_number(lua_State *L, bufs *b, int idx, char *out,
 }
 
 static void encode_value(lua_State *L, bufs *b, int depth);
+
+/* PHP's parse_str reads names after percent-decoding them, so a key
+ * holding a bracket would be read as nesting ("fields[TITLE]" beside
+ * fields = {TITLE = ...}: one name, one value lost), and at the top level
+ * it turns "." and " " into "_" ("a.b" beside a_b). Such keys are a
+ * programmer error, raised naming the key. */
+static void check_key(lua_State *L, bufs *b, const char *k, size_t kn, int depth)
+{
+    const char *why = NULL;
+    size_t i;
+    for (i = 0; i < kn && !why; i++) {
+        if (k[i] == '[' || k[i] == ']')
+            why = "PHP reads brackets in a name as nesting";
+        else if (depth == 0 && (k[i] == '.' || k[i] == ' '))
+            why = "PHP reads a dot or a space in a top-level name as \"_\"";
+    }
+    if (why)
+        b24_encode_fail(L, b->key, lua_pushfstring(L, "the key \"%s\" (%s)", k, why));
+}
 
 /* Encodes the value on the top of the stack under key + [k]; pops it. */
 static void encode_child(lua_State *L, bufs *b, const char *k, size_t kn,
@@ -196,6 +216,7 @@ static void encode_table(lua_State *L, bufs *b, int depth)
         const sort_key *keys = sorted_keys(L, b, t, &n);
         anchor = lua_gettop(L);
         for (i = 0; i < n; i++) {
+            check_key(L, b, keys[i].s, keys[i].len, depth);
             lua_rawgeti(L, anchor, keys[i].slot);
             lua_rawget(L, t);
             encode_child(L, b, keys[i].s, keys[i].len, depth);

@@ -39,10 +39,15 @@ static int sys_now(lua_State *L)
     return 1;
 }
 
+double b24_monotonic(void)
+{
+    return clock_seconds(CLOCK_MONOTONIC);
+}
+
 /* core.monotonic() -> seconds on a clock that never jumps back. */
 static int sys_monotonic(lua_State *L)
 {
-    lua_pushnumber(L, (lua_Number)clock_seconds(CLOCK_MONOTONIC));
+    lua_pushnumber(L, (lua_Number)b24_monotonic());
     return 1;
 }
 
@@ -61,7 +66,7 @@ static void sleep_seconds(double s)
 static int sys_sleep(lua_State *L)
 {
     double s = (double)luaL_checknumber(L, 1);
-    luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be in [0, 86400]");
+    luaL_argcheck(L, s >= 0 && s <= B24_MAX_SECONDS, 1, "seconds must be in [0, 86400]");
     sleep_seconds(s);
     return 0;
 }
@@ -83,22 +88,35 @@ static int lock_gc(lua_State *L)
 
 /* core.lock(path [, timeout]) -> lock | nil, message
  * An exclusive flock on path (created 0600 if missing), waited for up
- * to timeout seconds (default 30). Released by lock:unlock(), by
- * garbage collection, by <close>, or when the process dies. */
+ * to timeout seconds (default 30, at most 86400). Released by
+ * lock:unlock(), by garbage collection, by <close>, or when the process
+ * dies. The lock file must be a regular file and is never reached
+ * through a symlink: in a shared directory another user could plant
+ * one pointing at a file of ours, which O_CREAT would then create. */
 static int sys_lock(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     double timeout = (double)luaL_optnumber(L, 2, 30);
     double waited = 0, step = 0.005;
-    b24_lock *k = lua_newuserdata(L, sizeof *k);
+    struct stat st;
+    b24_lock *k;
 
+    luaL_argcheck(L, timeout >= 0 && timeout <= B24_MAX_SECONDS, 2,
+                  "seconds must be in [0, 86400]");
+    k = lua_newuserdata(L, sizeof *k);
     k->fd = -1;
     luaL_getmetatable(L, LOCK_MT);
     lua_setmetatable(L, -2);
-    k->fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    k->fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (k->fd < 0) {
         lua_pushnil(L);
         lua_pushfstring(L, "cannot open lock file %s: %s", path, strerror(errno));
+        return 2;
+    }
+    if (fstat(k->fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        lock_release(k);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot open lock file %s: not a regular file", path);
         return 2;
     }
     while (flock(k->fd, LOCK_EX | LOCK_NB) != 0) {
@@ -165,9 +183,37 @@ static void remove_stale_temps(const char *path)
     closedir(d);
 }
 
+/* The directory holding path, flushed so a rename into it survives a
+ * power loss: without it the old file (a refresh token already rotated
+ * away) can come back. Filesystems that cannot sync a directory say
+ * EINVAL; that is no failure of ours. */
+static int sync_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[4096];
+    int fd, e = 0;
+
+    if (!slash) {
+        strcpy(dir, ".");
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        if (n >= sizeof dir)
+            return ENAMETOOLONG;
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    }
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    if (fsync(fd) != 0 && errno != EINVAL)
+        e = errno;
+    close(fd);
+    return e;
+}
+
 /* core.write_file(path, data [, clean]): the new content appears whole or not at
- * all (a temporary file beside it, flushed, then renamed over it), and
- * is readable by the owner only, since it may hold tokens. The temporary
+ * all (a temporary file beside it, flushed, renamed over it, then the
+ * directory flushed), and is readable by the owner only, since it may hold tokens. The temporary
  * file is created anew (O_EXCL, 0600): reusing a leftover of the same
  * name would keep that file's mode (a stale 0644 one made a token store
  * world-readable). Callers hold the store's lock, so two writers never
@@ -206,8 +252,14 @@ static int sys_write_file(lua_State *L)
     if (!e && rename(tmp, path) != 0)
         e = errno;
     if (!e) {
-        lua_pushboolean(L, 1);
-        return 1;
+        /* The new content is in place; a failed directory sync only
+         * leaves its durability in doubt, and is said so. */
+        e = sync_dir(path);
+        if (!e) {
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+        goto fail;
     }
     unlink(tmp);
 fail:

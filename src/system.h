@@ -5,6 +5,12 @@
 
 #include <lua.h>
 
+/* The longest wait any timeout or sleep may ask for: a day. */
+#define B24_MAX_SECONDS 86400
+
 void b24_system_register(lua_State *L);
+
+/* Seconds on a clock that never jumps back (core.monotonic). */
+double b24_monotonic(void);
 
 #endif

@@ -35,8 +35,9 @@ local MAX_SECONDS = 86400
 local LINE_READ = 16384       -- bytes per receive while reading lines (the buffer stays small)
 local BODY_READ = 65536       -- bytes per receive in a body of known or unbounded size
 -- Bounds on header lines (status, headers, chunk sizes, trailers), one and
--- all: below libcurl's own (100 KiB a line, 300 KiB in all in 7.88), so a
--- server flooding them is refused as libcurl refuses it.
+-- all, the same as the curl transport's (src/answer.h, src/answer.c): a
+-- line over 16 KiB is NETWORK_ERROR, header lines over 256 KiB in all
+-- RESPONSE_TOO_LARGE, on both.
 local MAX_LINE = 16384
 local MAX_HEADER_BYTES = 256 * 1024
 
@@ -92,8 +93,8 @@ function M.new(opts)
   end
   local max = opts.max_response
   if max == nil then max = DEFAULT_MAX_RESPONSE end
-  if type(max) ~= "number" or not (max > 0) or max > MAX_RESPONSE_LIMIT then
-    error("bitrix24: option 'max_response' must be a number of bytes in (0, 1 GiB]", 2)
+  if type(max) ~= "number" or not (max >= 1) or max > MAX_RESPONSE_LIMIT or max ~= math.floor(max) then
+    error("bitrix24: option 'max_response' must be a whole number of bytes in [1, 1 GiB]", 2)
   end
   if opts.user_agent ~= nil and type(opts.user_agent) ~= "string" then
     error("bitrix24: option 'user_agent' must be a string", 2)
@@ -219,7 +220,8 @@ function Reader:line(what, header)
   while true do
     local i = self.buf:find("\n", 1, true)
     if i and i - 1 > MAX_LINE or not i and #self.buf > MAX_LINE then
-      return nil, failure("NETWORK_ERROR", string.format("%s: a line longer than %d bytes", what, MAX_LINE))
+      return nil, failure("NETWORK_ERROR", string.format("%s: a %sline longer than 16 KiB (%d bytes)",
+        what, header and "header " or "", MAX_LINE))
     end
     if i then
       local line = self.buf:sub(1, i - 1):gsub("\r$", "")
