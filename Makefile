@@ -3,7 +3,10 @@
 #   make                      build the C core for LUA_VERSION (default 5.4)
 #   make LUA_VERSION=V        V is 5.1, 5.2, 5.3, 5.4 or luajit: build/V/bitrix24/core.so
 #   make install PREFIX=DIR   Lua files, core.so and the commands under DIR
-#                             (LuaJIT installs into the 5.1 paths)
+#                             (LuaJIT installs into the 5.1 paths): the client
+#                             (make install-client) and the fake portal
+#                             (make install-fake; needs luasocket and nginx
+#                             with the Lua module at run time)
 #   make test                 install missing Debian packages, then for every Lua
 #                             of LUA_VERSIONS that is installed: build, run the specs;
 #                             ends with one line "N passed, N failed", the sum
@@ -19,6 +22,11 @@
 #   make test-slow            the slow specs, once, under LUA_VERSION (CI: 5.4)
 #   make demo                 crm.lead.contact.items.get against the fake portal,
 #                             or the portal in BITRIX24_WEBHOOK_URL when set
+#   make luarocks-test        luarocks test (the rockspec's test section) under
+#                             LUA_VERSION, with Debian's busted made a rock first
+#   make doc                  the API reference (LDoc, config.ld) in build/doc/
+#   make doc-check            fails when a public function has no doc comment or
+#                             LDoc warns; ends with "doc: N passed, N failed"
 
 # Every Lua the core supports; make test runs those installed.
 LUA_VERSIONS := 5.1 5.2 5.3 5.4 luajit
@@ -67,7 +75,7 @@ DEB_PACKAGES := make gcc libc6-dev pkg-config libcurl4-openssl-dev lua-cjson lua
 	lua-busted nginx-light libnginx-mod-http-lua openssl curl \
 	redis-server lua-redis lua-nginx-redis faketime $(LUA_DEBS)
 
-.PHONY: all build install test test-one test-slow have-lua demo deps clean
+.PHONY: all build install install-client install-fake rock test test-one test-slow have-lua demo deps clean
 
 all: build
 
@@ -78,14 +86,14 @@ $(CORE): $(SRC) $(HDR)
 	$(CC) $(CFLAGS) $(WARNINGS) -fPIC -shared $(LUA_CFLAGS) $(CURL_CFLAGS) \
 		$(SRC) -o $@ $(CURL_LIBS) -lpthread
 
-install: build
-	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake \
-		$(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events \
+install: install-client install-fake
+
+install-client: build
+	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events \
 		$(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport \
 		$(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24 $(DESTDIR)$(PREFIX)/bin
 	install -m 644 lua/bitrix24.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/
 	install -m 644 lua/bitrix24/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/
-	install -m 644 lua/bitrix24/fake/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake/
 	install -m 644 lua/bitrix24/transport/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/transport/
 	install -m 644 lua/bitrix24/events/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/events/
 	install -m 755 $(CORE) $(DESTDIR)$(PREFIX)/lib/lua/$(LUA_ABI)/bitrix24/
@@ -93,7 +101,20 @@ install: build
 	    -e 's|^local INSTALLED = nil$$|local INSTALLED = { prefix = "$(PREFIX)", abi = "$(LUA_ABI)" }|' \
 	    bin/b24 > $(DESTDIR)$(PREFIX)/bin/b24
 	chmod 755 $(DESTDIR)$(PREFIX)/bin/b24
+
+install-fake:
+	install -d $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake $(DESTDIR)$(PREFIX)/bin
+	install -m 644 lua/bitrix24/fake/*.lua $(DESTDIR)$(PREFIX)/share/lua/$(LUA_ABI)/bitrix24/fake/
 	install -m 755 bin/b24-fake-portal $(DESTDIR)$(PREFIX)/bin/
+
+# The core for the bitrix24 rock (rockspecs/): luarocks passes its own
+# compiler flags and where Lua's and libcurl's headers are. Always rebuilt:
+# the rock may be for another Lua than the last one.
+LIBFLAG ?= -shared
+rock:
+	@mkdir -p build/rock/bitrix24
+	$(CC) $(CFLAGS) $(WARNINGS) -fPIC $(LIBFLAG) $(LUA_CFLAGS) $(CURL_CFLAGS) \
+		$(SRC) -o build/rock/bitrix24/core.so $(CURL_LIBS) -lpthread
 
 # Installs the Debian packages of $(1) that are missing, with sudo when not
 # root; does nothing when all are there.
@@ -154,6 +175,31 @@ have-lua:
 
 demo: deps build
 	@LUA="$(LUA)" LUA_VERSION="$(LUA_VERSION)" sh bin/demo
+
+# luarocks test looks for busted among the rocks; Debian's is not one, so
+# spec/luarocks-busted makes it one in a tree of build/.
+LUAROCKS_TREE := build/luarocks-$(LUA_VERSION)
+.PHONY: luarocks-test
+luarocks-test: deps build
+	@sh spec/luarocks-busted $(LUA_VERSION) $(LUAROCKS_TREE)
+	LUA_VERSION=$(LUA_VERSION) luarocks --lua-version=$(LUA_VERSION) --project-tree=$(LUAROCKS_TREE) \
+		test rockspecs/bitrix24-scm-1.rockspec
+
+# LDoc runs under Lua 5.1: Debian's lua-markdown, which renders the doc
+# comments' Markdown, is a 5.1 module.
+DOC_DEBS := lua5.1 lua-ldoc lua-markdown
+LDOC := lua5.1 /usr/bin/ldoc
+
+.PHONY: doc doc-check doc-deps
+
+doc-deps:
+	$(call apt_install,$(DOC_DEBS))
+
+doc: doc-deps
+	$(LDOC) --fatalwarnings .
+
+doc-check: doc-deps
+	@$(LUA) spec/doc-check.lua "$(LDOC)"
 
 clean:
 	rm -rf build

@@ -1,11 +1,16 @@
--- bitrix24: a Bitrix24 REST client.
+--- bitrix24: a Bitrix24 REST client.
 --
---   local client = bitrix24.webhook("https://portal/rest/1/CODE/")
---   local rows, err, meta = client:call("crm.lead.contact.items.get", { id = 1 })
+--     local client = bitrix24.webhook("https://portal/rest/1/CODE/")
+--     local rows, err, meta = client:call("crm.lead.contact.items.get", { id = 1 })
 --
--- The C core (bitrix24.core) does the HTTP and the JSON; this file holds
+-- Failures of the network or the portal return `nil, err` (an `Error` of
+-- `bitrix24.errors`); mistakes in the calling code raise, naming the bad
+-- argument, and send nothing.
+--
+-- The C core (`bitrix24.core`) does the HTTP and the JSON; this file holds
 -- configuration and policy: what a valid call is, where auth goes, when a
 -- token is refreshed, and what may be shown of a secret.
+-- @module bitrix24
 
 local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
@@ -24,11 +29,37 @@ local fail = errors.message
 
 local M = {
   _NAME = "bitrix24",
-  _VERSION = "0.1.0",
+  _VERSION = "0.2.0",
 }
 
 local Client = {}
 
+--- The options of a client: the `opts` of `webhook`, `oauth` and `from_env`.
+-- All are optional; an unknown one raises, so a typo does not go unnoticed.
+-- @table options
+-- @tfield[opt=60] number timeout seconds for a whole try, connect to last byte
+-- @tfield[opt=10] number connect_timeout seconds to connect
+-- @tfield[opt=false] boolean allow_http plain `http://` to hosts other than loopback
+-- @tfield[opt] string ca_file CA certificates for a portal with its own CA
+-- @tfield[opt] string ca_path a directory of CA certificates
+-- @tfield[opt=true] boolean tls_verify `false` turns certificate checks off (said once on stderr)
+-- @tfield[opt] string user_agent the User-Agent header (default `bitrix24-lua/<version>`)
+-- @tfield[opt] string proxy a proxy URL (libcurl also reads `https_proxy` and friends)
+-- @tfield[opt] number max_response bytes (default 64 MiB); a larger answer fails with `RESPONSE_TOO_LARGE`
+-- @tfield[opt] function on_request `function(info)` before each HTTP request: `method`, `url` (secret removed)
+-- @tfield[opt] function on_response `function(info)` after it: `method`, `duration`, `status`, `code`, `operating`
+-- @tfield[opt=2] number rate the portal's leaky bucket: requests a second it drains
+-- @tfield[opt=50] number burst the bucket's ceiling
+-- @tfield[opt="standard"] string plan `"enterprise"` sets rate 5 and burst 250
+-- @tfield[opt] table budget where the bucket lives: `file_budget`, `shared_dict_budget`, or any table with `update(key, fn)`
+-- @tfield[opt=true] boolean rate_limit `false` turns the client's pacing off
+-- @tfield[opt=600] number max_wait the longest wait for a method blocked by its operating time
+-- @tfield[opt=900] number deadline seconds a call may take with all its waits and retries
+-- @tfield[opt=5] number tries tries per call, the first included
+-- @tfield[opt=false] boolean retry_writes also repeat writes after a lost answer
+-- @tfield[opt=480] number operating_limit seconds of server time per method per 10 minutes
+-- @tfield[opt=1] number parallel the most requests in flight for `calls`, `batch` and `lead_contacts`
+-- @tfield[opt] string|table transport `"curl"`, `"nginx"` or an object with `call`, `request` and `close` (default: nginx's cosockets inside nginx, else libcurl)
 local OPTIONS = {
   timeout = "number", connect_timeout = "number", allow_http = "boolean",
   ca_file = "string", ca_path = "string", tls_verify = "boolean",
@@ -38,6 +69,11 @@ local OPTIONS = {
   max_wait = "number", deadline = "number", tries = "number", retry_writes = "boolean",
   operating_limit = "number", transport = "any", parallel = "number",
 }
+
+-- Options in seconds and their most: a bound that is infinite, or longer
+-- than a day, bounds nothing (the C core takes at most a day too).
+local MAX_SECONDS = 86400
+local SECONDS = { timeout = true, connect_timeout = true, deadline = true, max_wait = true }
 
 -- Returns the options (a table), or nil and why.
 local function check_opts(opts)
@@ -52,7 +88,11 @@ local function check_opts(opts)
     elseif want ~= "any" and type(v) ~= want then
       return nil, fail("opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
-      return nil, fail("opts.%s must be positive", k)
+      return nil, fail("opts.%s must be positive, got %s", k, tostring(v))   -- NaN too
+    elseif want == "number" and v == math.huge then
+      return nil, fail("opts.%s must be finite, got %s", k, tostring(v))
+    elseif SECONDS[k] and v > MAX_SECONDS then
+      return nil, fail("opts.%s must be at most %d seconds (a day), got %s", k, MAX_SECONDS, tostring(v))
     end
   end
   if opts.plan ~= nil and not limiter.PLANS[opts.plan] then
@@ -129,34 +169,96 @@ local function oauth(cfg, opts)
   return new_client(credentials, merged)
 end
 
---- Incoming webhook: https://portal/rest/<user_id>/<code>/
+--- A client for an incoming webhook.
+-- @tparam string url the webhook's URL, `https://portal/rest/<user_id>/<code>/`
+-- @tparam[opt] table opts see `options`
+-- @treturn Client
+-- @raise on a malformed URL or a bad option (the message never shows the code)
 function M.webhook(url, opts)
   local client, why = webhook(url, opts)
   if not client then errors.raise(2, why) end
   return client
 end
 
---- OAuth application: tokens go in the request body, never in the URL.
---- TLS options may be given in the config as well as in opts.
+--- A client for an OAuth application: tokens go in the request body, never
+-- in the URL. An expired token is refreshed once per call, under the
+-- store's lock when there is a store.
+-- @tparam table cfg `endpoint` (the portal's `/rest/` URL), `access_token`,
+-- `refresh_token`, `client_id`, `client_secret`, and optionally `token_url`,
+-- `on_refresh` (called with the new tokens), `store` (`file_store`,
+-- `shared_dict_store` or a table with `load`, `save` and `lock`) and the TLS
+-- options `ca_file`, `ca_path`, `tls_verify`
+-- @tparam[opt] table opts see `options`
+-- @treturn Client
+-- @raise on a bad config or option
 function M.oauth(cfg, opts)
   local client, why = oauth(cfg, opts)
   if not client then errors.raise(2, why) end
   return client
 end
 
+--- A token store in a JSON file (mode 0600, replaced atomically), safe for
+-- the processes of one machine: a refresh takes a lock beside it.
+-- @function file_store
+-- @tparam string path
+-- @treturn table the store, for `oauth`'s `store`
+-- @raise when path is not a non-empty string
 M.file_store = auth.file_store
+
+--- A token store in an nginx `lua_shared_dict`, shared by every worker.
+-- @function shared_dict_store
+-- @param dict `ngx.shared.NAME` or NAME
+-- @tparam[opt="default"] string key names the token set (apps can share a dict)
+-- @treturn table the store, for `oauth`'s `store`
+-- @raise when dict is not a shared dict
 M.shared_dict_store = auth.shared_dict_store
+
+--- A rate-limit budget in a file, shared by the processes of one machine
+-- under an exclusive lock; a corrupt file is repaired (that call gets
+-- `BUDGET_ERROR`).
+-- @function file_budget
+-- @tparam string path
+-- @treturn table the budget, for `options`' `budget`
+-- @raise when path is not a non-empty string
 M.file_budget = limiter.file_budget
+
+--- A rate-limit budget in an nginx `lua_shared_dict`, shared by every worker.
+-- @function shared_dict_budget
+-- @param dict `ngx.shared.NAME` or NAME
+-- @treturn table the budget, for `options`' `budget`
+-- @raise when dict is not a shared dict
 M.shared_dict_budget = limiter.shared_dict_budget
 
--- Shared between machines through Redis (README, "Many machines"): loaded
+-- Shared between machines through Redis (docs/many-machines.md): loaded
 -- on first use, so the client needs no Redis library until then.
+
+--- A rate-limit budget in Redis, shared by the machines of a portal (one
+-- script call a request). While Redis cannot be used it falls back to a
+-- local budget (this process's, or nginx's `bitrix24` shared dict) and says
+-- so once; with `budget_fallback = false` calls fail with `BUDGET_ERROR`.
+-- @param config a `redis://[user:password@]host[:port][/db]` URL, or a table:
+-- `url` or `host`, `port`, `user`, `password`, `db`, `prefix`,
+-- `connect_timeout`, `read_timeout`, `retry_after`, `keepalive`,
+-- `pool_size`, `budget_fallback`, `report` (`function(text)`)
+-- @treturn table the budget, for `options`' `budget`
+-- @raise on a bad config
 function M.redis_budget(config) return require("bitrix24.redis_budget").new(config) end
+
+--- A token store in Redis, with a lock across machines.
+-- @param config a `redis://` URL or a table, as `redis_budget`'s
+-- @tparam[opt="default"] string key names the token set (apps and portals can share a Redis)
+-- @treturn table the store, for `oauth`'s `store`
+-- @raise on a bad config
 function M.redis_store(config, key) return require("bitrix24.redis_store").new(config, key) end
 
---- BITRIX24_WEBHOOK_URL, else BITRIX24_OAUTH_ENDPOINT with
---- BITRIX24_OAUTH_ACCESS_TOKEN, _REFRESH_TOKEN, _CLIENT_ID, _CLIENT_SECRET
---- and _TOKEN_URL. Returns nil, err when neither is set.
+--- A client from the environment: `BITRIX24_WEBHOOK_URL`, else
+-- `BITRIX24_OAUTH_ENDPOINT` with `BITRIX24_OAUTH_ACCESS_TOKEN`,
+-- `_REFRESH_TOKEN`, `_CLIENT_ID`, `_CLIENT_SECRET` and `_TOKEN_URL`.
+-- @tparam[opt] table opts see `options`
+-- @treturn Client the client
+-- @return[2] nil
+-- @treturn[2] Error `NO_CONFIG` when neither is set
+-- @raise on a malformed URL or a bad option
 function M.from_env(opts)
   local url = os.getenv("BITRIX24_WEBHOOK_URL")
   local endpoint = os.getenv("BITRIX24_OAUTH_ENDPOINT")
@@ -238,8 +340,7 @@ end
 
 -- The pipeline's request for a checked call of method with its body.
 local function request(self, method, body)
-  return pipeline.request(self, method, methods.check_name(method), body,
-    self._opts.retry_writes or pipeline.is_read(method))
+  return pipeline.request(self, method, body)
 end
 
 local function send(self, method, body)
@@ -248,7 +349,23 @@ local function send(self, method, body)
   return env.result, nil, env
 end
 
---- client:call(method, params) -> result, nil, envelope | nil, err
+--- A client, made by `webhook`, `oauth` or `from_env`. Besides its methods,
+-- any dotted REST method can be called as a chain of fields:
+-- `client.crm.lead.contact.items.get{ id = 1 }` is
+-- `client:call("crm.lead.contact.items.get", { id = 1 })`.
+-- @type Client
+
+--- Calls a REST method. Reads are retried after a lost answer; writes are
+-- sent once unless `retry_writes`.
+-- @tparam string method e.g. `"crm.lead.contact.items.get"`
+-- @tparam[opt] table params
+-- @return the envelope's `result`
+-- @return nil
+-- @treturn table the whole envelope (`time`, and `total`, `next` for lists)
+-- @return[2] nil
+-- @treturn[2] Error when the network or the portal failed
+-- @raise on a bad method name, params that cannot be sent, or invalid
+-- parameters of a `crm.lead.contact.*` method (nothing is sent)
 function Client:call(method, params)
   local body, why = prepare(self, "call", method, params)
   if not body then errors.raise(2, why) end
@@ -259,16 +376,16 @@ end
 -- `requests` with at most `parallel` in flight (nil: the client's
 -- opts.parallel) and calls on_each(i, envelope, err) for each, in the
 -- order of `requests`; on_each returning false stops the rest. A request
--- is { method, params }, or { method = name, body = json, safe = bool,
--- subcalls = a batch's keys -> their methods } for a body made already.
+-- is { method, params }, or { method = name, body = json, subcalls = a
+-- batch's keys -> their methods } for a body made already (the pipeline
+-- decides from those names whether it may be repeated).
 -- Every request is checked before any is sent: returns nil and why for a
 -- bad one (the caller raises it), else true.
 function Client:_send_all(requests, parallel, on_each)
   local reqs = {}
   for i, r in ipairs(requests) do
     if r.body then
-      reqs[i] = pipeline.request(self, r.method, r.method:lower(), r.body, r.safe)
-      reqs[i].subcalls = r.subcalls
+      reqs[i] = pipeline.request(self, r.method, r.body, r.subcalls)
     else
       local method = r[1] or r.method
       local body, why = prepare(self, "calls", method, r[2] or r.params)
@@ -280,9 +397,7 @@ function Client:_send_all(requests, parallel, on_each)
   return true
 end
 
---- client:calls({ { method, params }, ... }, opts) -> results, errs
---- Many calls, up to opts.parallel in flight: results[i] is the result of
---- the i-th call, or errs[i] its error. opts.progress(done, total).
+-- Checks client:calls' arguments: returns opts (a table), or nil and why.
 local function check_calls(self, list, opts)
   local ok, why = check_client(self, "calls")
   if not ok then return nil, why end
@@ -300,6 +415,12 @@ local function check_calls(self, list, opts)
   return opts
 end
 
+--- Many calls, up to `opts.parallel` in flight.
+-- @tparam {table,...} list `{ { method, params }, ... }`
+-- @tparam[opt] table opts `parallel`, `progress` (`function(done, total)`)
+-- @treturn table results: `results[i]` is the result of the i-th call
+-- @treturn table errs: `errs[i]` the error of the i-th call
+-- @raise on a bad list, opts or call (nothing is sent)
 function Client:calls(list, opts)
   local why
   opts, why = check_calls(self, list, opts)
@@ -319,38 +440,56 @@ local function make_error(self)
   return function(code, description, method) return fail_error(self._auth, method, code, description) end
 end
 
--- Sends a batch plan's requests, together unless it halts.
-local function send_batch(self, plan, safe)
-  local parallel = plan.halt and 1 or plan.parallel
+-- Sends a batch plan's requests, together unless it halts or carries a
+-- write: requests in flight together all run, so a failed one could not
+-- stop writes sent beside or after it, and the answers after a failure are
+-- not reported (err.partial ends at the failure).
+local function send_batch(self, plan)
+  local parallel = (plan.halt or not plan.reads_only) and 1 or plan.parallel
   return batch.run(plan, function(bodies, on_each)
     local requests = {}
     for i, body in ipairs(bodies) do
       -- Each command's time is charged to its own method (FACTS §5).
       local subcalls = {}
       for _, key in ipairs(plan.chunks[i]) do subcalls[key] = plan.methods[key] end
-      requests[i] = { method = "batch", body = body, safe = safe, subcalls = subcalls }
+      requests[i] = { method = "batch", body = body, subcalls = subcalls }
     end
     self:_send_all(requests, parallel, on_each)
   end, make_error(self))
 end
 
---- client:batch(commands, opts) -> results | nil, err
---- commands: { key = { method, params }, ... }; opts.halt, opts.progress,
---- opts.parallel.
+--- Runs many commands through the `batch` method, 50 to a request, a
+-- command after those it references (`$result[key]`).
+-- @tparam table commands `{ key = { method, params }, ... }`
+-- @tparam[opt] table opts `halt` (stop at the first failing command),
+-- `progress` (`function(done, total)`), `parallel` (requests in flight)
+-- @treturn table `{ key = { result =, error =, total =, next = }, ... }`
+-- @return[2] nil
+-- @treturn[2] Error when a request failed (`err.partial`: the results so far)
+-- @raise on malformed commands (nothing is sent)
 function Client:batch(commands, opts)
   local plan, why = check_client(self, "batch")
   if plan then plan, why = batch.plan(commands, opts) end
   if not plan then errors.raise(2, why) end
-  return send_batch(self, plan, plan.reads_only)
+  return send_batch(self, plan)
 end
 
---- client:lead_contacts(ids, opts) -> rows_by_lead, errors_by_lead | nil, err
+--- The contacts of many leads, `crm.lead.contact.items.get` for each, 50 leads
+-- to a batch request.
+-- @tparam {integer,...} ids lead ids
+-- @tparam[opt] table opts `progress` (`function(done, total)`), `parallel`
+-- (requests in flight)
+-- @treturn table rows by lead id
+-- @treturn table errors by lead id
+-- @return[2] nil
+-- @treturn[2] Error when a request failed
+-- @raise on an id that is not a positive integer (nothing is sent)
 function Client:lead_contacts(ids, opts)
   local plan, keys = check_client(self, "lead_contacts")
   if plan then plan, keys = batch.plan_lead_contacts(ids, opts) end
   if plan == nil then errors.raise(2, keys) end   -- keys is why here
   if not plan then return {}, {} end              -- no ids: nothing to send
-  local results, err = send_batch(self, plan, true)
+  local results, err = send_batch(self, plan)
   return batch.by_lead(keys, results, err)
 end
 
@@ -360,13 +499,12 @@ local function send_pages(self, requests, parallel)
   local list = {}
   for i, r in ipairs(requests) do
     if r.batch then
-      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), safe = true,
-        subcalls = r.batch.methods }
+      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), subcalls = r.batch.methods }
     else
       -- Checked with the caller's params: pages only add paging keys.
       local body, bad = json_body(self, r.method, r.params)
       if not body then errors.raise(1, bad) end
-      list[i] = { method = r.method, body = body, safe = true }
+      list[i] = { method = r.method, body = body }
     end
   end
   local answers = {}
@@ -374,8 +512,16 @@ local function send_pages(self, requests, parallel)
   return answers
 end
 
---- for item, err in client:each(method, params, opts) do ... end
---- opts: fast, page_batch, parallel, id_key, progress (README "Exports").
+--- Iterates over every row of a list method, in batches of list calls:
+-- `for item, err in client:each(method, params, opts) do ... end`.
+-- @tparam string method a list method, e.g. `"crm.lead.list"`
+-- @tparam[opt] table params
+-- @tparam[opt] table opts `fast = true` (by ID, no count, safe under change;
+-- default: your order, offset pages), `page_batch` (list calls a request,
+-- 1 to 50, default 50), `parallel` (requests in flight), `progress`
+-- (`function(count, total)`), `id_key` (default `"ID"`)
+-- @treturn function the iterator: each row, or `nil, err` once when a request failed
+-- @raise on a bad method name, params or opts (nothing is sent)
 function Client:each(method, params, opts)
   local body, checked = prepare(self, "each", method, params)
   local pager, why
@@ -457,9 +603,10 @@ function Client:__index(key)
   return nil
 end
 
---- Frees the connection; the client cannot be used afterwards.
---- Called during a fan-out (from a callback), it stops the requests in
---- flight; those not finished end with CANCELLED.
+--- Frees the connection; the client cannot be used afterwards (a call
+-- raises). Also `__close` and `__gc`. Called during a fan-out (from a
+-- callback), it stops the requests in flight; those not finished end with
+-- `CANCELLED`.
 function Client:close()
   if self._http then
     self._http:close()
@@ -486,8 +633,15 @@ local function event_body(self, name, method, check)
   return prepare(self, name, method, params)
 end
 
---- client:bind(event, handler_url, opts) -> true | nil, err
---- opts: event_type ("online"|"offline": then handler_url is nil), auth_type, auth_connector, options.
+--- Binds a handler URL to an event (`event.bind`); OAuth clients only.
+-- @tparam string event e.g. `"ONCRMLEADUPDATE"`
+-- @tparam ?string handler the handler's URL (nil for an offline binding)
+-- @tparam[opt] table opts `event_type` (`"online"` or `"offline"`), `auth_type`,
+-- `auth_connector`, `options`
+-- @return true
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise with a webhook client or bad arguments (nothing is sent)
 function Client:bind(event, handler, opts)
   local body, why = event_body(self, "bind", "event.bind",
     function() return binding.params(self, "bind", event, handler, opts) end)
@@ -495,7 +649,14 @@ function Client:bind(event, handler, opts)
   return send(self, "event.bind", body)
 end
 
---- client:unbind(event, handler_url, opts) -> { count = n } | nil, err
+--- Removes event bindings (`event.unbind`); OAuth clients only.
+-- @tparam string event
+-- @tparam ?string handler the handler's URL
+-- @tparam[opt] table opts as `bind`'s
+-- @treturn table `{ count = n }`
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise with a webhook client or bad arguments (nothing is sent)
 function Client:unbind(event, handler, opts)
   local body, why = event_body(self, "unbind", "event.unbind",
     function() return binding.params(self, "unbind", event, handler, opts) end)
@@ -503,7 +664,11 @@ function Client:unbind(event, handler, opts)
   return send(self, "event.unbind", body)
 end
 
---- client:event_bindings() -> { { event, handler, auth_type, offline }, ... } | nil, err
+--- The app's event bindings (`event.get`); OAuth clients only.
+-- @treturn {table,...} `{ event =, handler =, auth_type =, offline = }` each
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise with a webhook client
 function Client:event_bindings()
   local body, why = event_body(self, "event_bindings", "event.get", function()
     local ok, bad = binding.check_app(self, "event_bindings")

@@ -35,6 +35,13 @@ describe("b24", function()
     no_secret(out, err)
   end)
 
+  it("prints an answer the same way every time: object keys sorted", function()
+    local out, err, status = b24("crm.lead.contact.items.get id=1")
+    assert.equal(0, status, err)
+    assert.equal('[{"CONTACT_ID":1010,"IS_PRIMARY":"Y","ROLE_ID":0,"SORT":10},'
+      .. '{"CONTACT_ID":1011,"IS_PRIMARY":"N","ROLE_ID":0,"SORT":20}]\n', out)
+  end)
+
   it("prints [] for a lead without contacts", function()
     local out, _, status = b24("crm.lead.contact.items.get id=2")
     assert.equal(0, status)

@@ -1,4 +1,4 @@
--- Receiving events in a real nginx: README.md's "Receiving events" block
+-- Receiving events in a real nginx: docs/events.md's nginx.conf block
 -- (the fenced nginx block after its marker line, with only the install
 -- paths, the port, the data directory and the allowed domain replaced),
 -- plus test locations, with the fake portal installing the app, firing
@@ -58,8 +58,8 @@ local function replace_all(s, old, new)
 end
 
 local function readme_block()
-  local readme = support.read_file(support.ROOT .. "/README.md")
-  local at = assert(readme:find(MARKER, 1, true), "README.md has no line " .. MARKER)
+  local readme = support.read_file(support.ROOT .. "/docs/events.md")
+  local at = assert(readme:find(MARKER, 1, true), "docs/events.md has no line " .. MARKER)
   return assert(readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER), "no ```nginx block after " .. MARKER)
 end
 
@@ -228,7 +228,7 @@ describe("receiving events #nginx", function()
     write_file(prefix .. "/nginx.conf", conf(port, test_port))
     write_file(prefix .. "/error.log", "")
     launcher = tonumber(capture("B24_CLIENT_ID=" .. quote(portal.client_id) .. " B24_CLIENT_SECRET="
-      .. quote(portal.client_secret) .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p "
+      .. quote(portal.client_secret) .. " B24_TOKEN_URL=" .. quote(portal.token_url) .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p "
       .. quote(prefix .. "/") .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
       .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
     local up = eventually(function()
@@ -278,17 +278,34 @@ describe("receiving events #nginx", function()
     assert.is_nil(stored(portal.member_id .. ".app"))
   end)
 
-  it("keeps the portal's tokens on ONAPPINSTALL (checked with app.info)", function()
+  it("refuses ONAPPINSTALL under another member_id than the token endpoint gives its tokens, storing nothing",
+      function()
+    local squatted = "c0ffee00c0ffee00c0ffee00c0ffee00"
+    local d = delivered(function() portal:install { url = events_url, auth = { member_id = squatted } } end)
+    assert.equal(401, d.status)
+    assert.truthy(error_log():find("whose tokens belong to member " .. portal.member_id, 1, true))
+    assert.is_nil(stored(squatted))
+    assert.is_nil(stored(squatted .. ".app"))
+    assert.is_nil(stored(portal.member_id .. ".app"))
+  end)
+
+  it("keeps the tokens the token endpoint renewed for a verified ONAPPINSTALL", function()
+    local function renewals()
+      local n = 0
+      for _, r in ipairs(portal:requests()) do
+        if r.method == "oauth.token" then n = n + 1 end
+      end
+      return n
+    end
+    local before, sent = renewals(), portal:info()
     local d = delivered(function() portal:install { url = events_url } end)
     assert.equal(200, d.status, error_log())
-    assert.equal(portal.access_token, stored(portal.member_id).access_token)
-    assert.equal(portal.refresh_token, stored(portal.member_id).refresh_token)
+    assert.equal(before + 1, renewals())
+    local info = portal:info()
+    assert.are_not.equal(sent.refresh_token, info.refresh_token)
+    assert.equal(info.access_token, stored(portal.member_id).access_token)
+    assert.equal(info.refresh_token, stored(portal.member_id).refresh_token)
     assert.equal(app_token, stored(portal.member_id .. ".app").application_token)
-    local infos = 0
-    for _, r in ipairs(portal:requests()) do
-      if r.method == "app.info" then infos = infos + 1 end
-    end
-    assert.equal(1, infos)
   end)
 
   it("runs the README's function on a lead update, with a client built from the stored tokens", function()
@@ -352,6 +369,21 @@ describe("receiving events #nginx", function()
       { application_token = "" }))))
     socket.sleep(0.3)
     assert.equal(before, read(dir .. "/leads.log"))
+  end)
+
+  it("answers every 401 with one text: the requester cannot tell which member_ids are installed", function()
+    local texts = {}
+    for _, auth in ipairs { { member_id = "0123456789abcdef0123456789abcdef" },
+        { application_token = "forged" .. app_token }, { application_token = "" } } do
+      local status, text = post(events_url, event_body("ONCRMLEADUPDATE", { FIELDS = { ID = 2 } }, auth))
+      assert.equal(401, status)
+      texts[#texts + 1] = text
+    end
+    assert.equal(texts[1], texts[2])
+    assert.equal(texts[1], texts[3])
+    -- The precise reasons go to the server's log only.
+    assert.matches("unknown portal", error_log(), 1, true)
+    assert.matches("wrong or missing application_token", error_log(), 1, true)
   end)
 
   it("parses a body of 500 fields, and rejects malformed, oversized and over-long ones", function()

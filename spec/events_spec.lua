@@ -1,6 +1,6 @@
 -- Receiving events in plain Lua (every Lua version): bitrix24.events.parse,
--- the verification in events.receive (file stores, a real fake portal for
--- ONAPPINSTALL's app.info check), client:bind/unbind/event_bindings, and
+-- the verification in events.receive (file stores, real fake portals whose
+-- token endpoints vouch for ONAPPINSTALL's member_id), client:bind/unbind/event_bindings, and
 -- the offline consumer surviving a kill -9 between get and clear.
 
 local support = require "support"
@@ -145,15 +145,19 @@ describe("events.receive", function()
     assert.is_nil(read_store(portal.member_id .. ".app"))
   end)
 
-  it("refuses ONAPPINSTALL from a domain not listed, or whose token the portal does not accept", function()
+  it("refuses ONAPPINSTALL from a domain not listed, or whose refresh token the token endpoint does not renew",
+      function()
     local status, _, why = events.receive(cfg, body("ONAPPINSTALL", { domain = "evil.example.com",
       client_endpoint = "https://evil.example.com/rest/" }))
     assert.equal(401, status)
     assert.matches("not in cfg.install.domains", why)
-    status, _, why = events.receive(cfg, body("ONAPPINSTALL", { access_token = "forgedforgedforged" }))
+    status, _, why = events.receive(cfg, body("ONAPPINSTALL", { refresh_token = "forgedforgedforged" }))
     assert.equal(401, status)
-    assert.matches("did not accept its access_token", why)
+    assert.matches("did not renew its tokens (invalid_grant", why, 1, true)
     assert.is_nil(why:find("forgedforgedforged", 1, true))
+    status, _, why = events.receive(cfg, body("ONAPPINSTALL", { refresh_token = false }))
+    assert.equal(401, status)
+    assert.equal("ONAPPINSTALL without a refresh_token", why)
     local nocfg = {}
     for k, v in pairs(cfg) do nocfg[k] = v end
     nocfg.install = nil
@@ -163,14 +167,19 @@ describe("events.receive", function()
     assert.is_nil(read_store(portal.member_id))
   end)
 
-  it("keeps the tokens of ONAPPINSTALL once app.info accepts them", function()
+  it("keeps the tokens the token endpoint renewed for a verified ONAPPINSTALL, not the event's", function()
+    local sent = { access = portal.access_token, refresh = portal.refresh_token }
     local status = events.receive(cfg, body("ONAPPINSTALL"))
     assert.equal(200, status)
     assert.same({ application_token = app_token, domain = "127.0.0.1:" .. portal.port,
       client_endpoint = portal.oauth_endpoint, member_id = portal.member_id }, read_store(portal.member_id .. ".app"))
+    local info = portal:info()
+    assert.are_not.equal(sent.refresh, info.refresh_token)   -- the install's refresh token is dead now
     local tokens = read_store(portal.member_id)
-    assert.equal(portal.access_token, tokens.access_token)
-    assert.equal(portal.refresh_token, tokens.refresh_token)
+    assert.equal(info.access_token, tokens.access_token)
+    assert.equal(info.refresh_token, tokens.refresh_token)
+    assert.equal(portal.member_id, tokens.member_id)
+    assert.equal(portal.oauth_endpoint, tokens.client_endpoint)
   end)
 
   it("runs the handler with a client of that portal, only after a verified event", function()
@@ -235,7 +244,7 @@ describe("events.receive", function()
     local status = events.receive(cfg, body(nil, nil, false))
     assert.equal(200, status)
     assert.equal(app_token, read_store(portal.member_id .. ".app").application_token)
-    assert.equal(portal.access_token, read_store(portal.member_id).access_token)
+    assert.equal(portal:info().access_token, read_store(portal.member_id).access_token)
     local nocfg = {}
     for k, v in pairs(cfg) do nocfg[k] = v end
     nocfg.install = nil
@@ -247,6 +256,151 @@ describe("events.receive", function()
       "bitrix24: events: cfg.store (per-portal stores) or cfg.webhook_token is required")
     assert.has_error(function() events.receive({ store = 1 }, "") end,
       "bitrix24: events: cfg.store must be a function, got number")
+  end)
+end)
+
+describe("installing a portal not known yet", function()
+  -- Bitrix24 has one token endpoint for every portal; each fake portal has
+  -- its own. So each event goes through the config whose token endpoint
+  -- knows the tokens it carries, and both configs share one store
+  -- directory: what refuses the squatter is the member_id its own token
+  -- endpoint answers, not a token the endpoint has never seen.
+  local attacker, victim, dir, logs, renewed, seen
+
+  local function config(token_portal, changes)
+    local cfg = {
+      store = events.file_stores(dir), client_id = token_portal.client_id,
+      client_secret = token_portal.client_secret, token_url = token_portal.token_url, client_opts = support.opts(),
+      install = { domains = { "127.0.0.1:" .. attacker.port, "127.0.0.1:" .. victim.port } },
+      log = function(msg) logs[#logs + 1] = msg end,
+      on_refresh = function(tokens) renewed[#renewed + 1] = tokens end,
+      on = {
+        ONCRMLEADUPDATE = function(event, client)
+          local lead = client and client:call("crm.lead.get", { id = event.data.FIELDS.ID })
+          seen[#seen + 1] = { member_id = event.auth.member_id, title = lead and lead.TITLE }
+        end,
+      },
+    }
+    for k, v in pairs(changes or {}) do cfg[k] = v ~= false and v or nil end
+    return cfg
+  end
+
+  -- An event of portal p, with its current tokens (or `auth` changes).
+  local function body(p, name, auth)
+    local info = p:info()
+    local a = { domain = "127.0.0.1:" .. p.port, client_endpoint = p.oauth_endpoint,
+      server_endpoint = p.oauth_endpoint, member_id = p.member_id, application_token = p:events().application_token }
+    if name == "ONAPPINSTALL" then a.access_token, a.refresh_token = info.access_token, info.refresh_token end
+    for k, v in pairs(auth or {}) do a[k] = v end
+    return form { event = name, data = { FIELDS = { ID = 1 } }, auth = a }
+  end
+
+  local function stored(name) return bitrix24.file_store(dir .. "/" .. name .. ".json"):load() end
+
+  local function logged(text)
+    for _, msg in ipairs(logs) do
+      if msg:find(text, 1, true) then return msg end
+    end
+  end
+
+  setup(function()
+    attacker = support.start_portal { rate = 1000, burst = 100000 }
+    victim = support.start_portal { rate = 1000, burst = 100000 }
+    dir = tmpdir()
+  end)
+  before_each(function() logs, renewed, seen = {}, {}, {} end)
+  teardown(function()
+    attacker:stop()
+    victim:stop()
+    os.execute("rm -rf '" .. dir .. "'")
+  end)
+
+  it("refuses an install under another portal's member_id: the token endpoint names the tokens' own", function()
+    local sent = attacker:info().refresh_token
+    local status, job, why = events.receive(config(attacker),
+      body(attacker, "ONAPPINSTALL", { member_id = victim.member_id }))
+    assert.equal(401, status)
+    assert.is_nil(job)
+    assert.matches("whose tokens belong to member " .. attacker.member_id, why, 1, true)
+    assert.truthy(logged("refused ONAPPINSTALL for member " .. victim.member_id))
+    assert.is_nil(stored(victim.member_id))
+    assert.is_nil(stored(victim.member_id .. ".app"))
+    -- The attacker's tokens were renewed: the new pair went to on_refresh, not lost.
+    local now = attacker:info().refresh_token
+    assert.are_not.equal(sent, now)
+    assert.equal(1, #renewed)
+    assert.equal(now, renewed[1].refresh_token)
+    assert.equal(attacker.member_id, renewed[1].member_id)
+    assert.is_nil(stored(attacker.member_id))
+    -- Its events in the victim's name find no portal.
+    status, job, why = events.receive(config(attacker), body(attacker, "ONCRMLEADUPDATE",
+      { member_id = victim.member_id }))
+    assert.equal(401, status)
+    assert.is_nil(job)
+    assert.equal("unknown portal", why)
+  end)
+
+  it("refuses an install whose tokens the token endpoint places at another portal's endpoint", function()
+    local status, _, why = events.receive(config(attacker), body(attacker, "ONAPPINSTALL", {
+      domain = "127.0.0.1:" .. victim.port, client_endpoint = victim.oauth_endpoint }))
+    assert.equal(401, status)
+    assert.matches("at " .. attacker.oauth_endpoint .. " (per the token endpoint)", why, 1, true)
+    assert.is_nil(stored(attacker.member_id .. ".app"))
+  end)
+
+  it("refuses every new install without client_id and client_secret, saying so in the log", function()
+    local sent = victim:info().refresh_token
+    for _, changes in ipairs { { client_id = false }, { client_secret = false } } do
+      logs = {}
+      local status, _, why = events.receive(config(victim, changes), body(victim, "ONAPPINSTALL"))
+      assert.equal(401, status)
+      assert.matches("needs cfg.client_id and cfg.client_secret", why, 1, true)
+      assert.truthy(logged("needs cfg.client_id and cfg.client_secret"))
+    end
+    assert.equal(sent, victim:info().refresh_token)   -- nothing went to the token endpoint
+    assert.is_nil(stored(victim.member_id .. ".app"))
+  end)
+
+  it("fails an install whose renewed tokens were lost on the way, and logs that it must be reinstalled", function()
+    victim:fault { method = "oauth.token", kind = "truncate", times = 1 }
+    local lost = body(victim, "ONAPPINSTALL")
+    local status, _, why = events.receive(config(victim), lost)
+    assert.equal(500, status)
+    assert.matches("did not renew its tokens", why, 1, true)
+    assert.truthy(logged("the portal must reinstall the app"))
+    assert.is_nil(stored(victim.member_id .. ".app"))
+    -- Its refresh token was renewed all the same: the same install cannot be verified again.
+    status, _, why = events.receive(config(victim), lost)
+    assert.equal(401, status)
+    assert.matches("invalid_grant", why, 1, true)
+    assert.is_nil(logged(victim.client_secret))
+  end)
+
+  it("installs the real portal afterwards, storing the renewed tokens, and runs only its events", function()
+    local sent = victim:info()
+    local status = events.receive(config(victim), body(victim, "ONAPPINSTALL"))
+    assert.equal(200, status)
+    local info = victim:info()
+    assert.are_not.equal(sent.refresh_token, info.refresh_token)
+    local tokens = stored(victim.member_id)
+    assert.equal(info.access_token, tokens.access_token)
+    assert.equal(info.refresh_token, tokens.refresh_token)
+    assert.equal(1, #renewed)
+    assert.equal(info.refresh_token, renewed[1].refresh_token)
+    assert.same({ application_token = victim:events().application_token, domain = "127.0.0.1:" .. victim.port,
+      client_endpoint = victim.oauth_endpoint, member_id = victim.member_id }, stored(victim.member_id .. ".app"))
+    -- The attacker's application token does not pass for the victim's.
+    local job
+    status, job = events.receive(config(attacker), body(attacker, "ONCRMLEADUPDATE",
+      { member_id = victim.member_id }))
+    assert.equal(401, status)
+    assert.is_nil(job)
+    status, job = events.receive(config(victim), body(victim, "ONCRMLEADUPDATE"))
+    assert.equal(200, status)
+    job()
+    assert.equal(1, #seen)
+    assert.equal(victim.member_id, seen[1].member_id)
+    assert.is_string(seen[1].title)   -- read with the stored, renewed tokens
   end)
 end)
 
@@ -391,5 +545,51 @@ describe("the offline consumer", function()
     for _, r in ipairs(left) do failed[#failed + 1] = r.EVENT_DATA.FIELDS.ID .. ":" .. r.ERROR end
     assert.same({ failing .. ":1" }, failed)
     assert.same({}, bitrix24.file_store(dir .. "/offline.json"):load())
+  end)
+
+  -- event.offline.get reserves (clear=0) or deletes (clear=1) what it
+  -- returns: a repeat after a lost answer would strand the first answer's
+  -- events under a process_id nobody knows.
+  local function offline_gets()
+    local n = 0
+    for _, r in ipairs(portal:requests()) do
+      if tostring(r.method):lower() == "event.offline.get" then n = n + 1 end
+    end
+    return n
+  end
+
+  it("never repeats event.offline.get after a lost answer, even with tries > 1 or retry_writes", function()
+    assert.is_true(client:bind("ONCRMLEADADD", nil, { event_type = "offline" }))
+    for i = 1, 3 do assert(client:call("crm.lead.add", { fields = { TITLE = "once " .. i } })) end
+    for _, extra in ipairs { { tries = 3 }, { tries = 3, retry_writes = true } } do
+      local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+        support.opts(extra))
+      portal:fault { kind = "malformed", method = "event.offline.get", times = 1 }
+      local before = offline_gets()
+      local handled, err = events.consume_offline(c, {
+        store = bitrix24.file_store(dir .. "/once.json"), handler = function() return true end })
+      assert.is_nil(handled)
+      assert.equal("BAD_RESPONSE", err.code)
+      assert.equal(1, err.tries)
+      assert.equal(1, offline_gets() - before)
+      c:close()
+    end
+  end)
+
+  it("never repeats a batch carrying event.offline.get, even with retry_writes", function()
+    local c = bitrix24.oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
+      support.opts { tries = 3, retry_writes = true })
+    local function batches()
+      local n = 0
+      for _, r in ipairs(portal:requests()) do if tostring(r.method):lower() == "batch" then n = n + 1 end end
+      return n
+    end
+    portal:fault { kind = "malformed", method = "batch", times = 1 }
+    local before = batches()
+    local res, err = c:batch { a = { "event.offline.get", { clear = 0 } }, b = { "crm.lead.list" } }
+    assert.is_nil(res)
+    assert.equal("BAD_RESPONSE", err.code)
+    assert.equal(1, batches() - before)
+    c:close()
   end)
 end)

@@ -305,7 +305,7 @@ describe("fake portal lifetime", function()
   end)
 
   it("nginx stops when the process that started it exits without stop()", function()
-    local lua = arg and arg[-1] or "lua"
+    local lua = support.LUA
     local out = capture(quote(lua) .. " -e " .. quote(
       "package.path = 'lua/?.lua;' .. package.path " ..
       "local p = require('bitrix24.fake.server').start{ tls = false } print(p.pid, p.prefix)"))

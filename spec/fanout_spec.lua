@@ -47,6 +47,10 @@ describe("fan-out", function()
 
   local function client(opts) return bitrix24.webhook(portal.webhook_url, support.opts(opts)) end
 
+  local function leads_on_portal(c)
+    return select(3, assert(c:call("crm.lead.list", {}))).total
+  end
+
   describe("client:calls", function()
     it("returns each call's result or error at its own index, as one by one", function()
       local c = client()
@@ -89,6 +93,34 @@ describe("fan-out", function()
       local elapsed = core.monotonic() - t0
       c:close()
       assert.is_true(elapsed < 1.2, "took " .. elapsed .. " s")
+    end)
+
+    it("with writes and a failure in the middle, every call comes back as a result or an error", function()
+      local c = client { tries = 1 }
+      local before = leads_on_portal(c)
+      local sent = #portal:requests()
+      local list = {}
+      for i = 1, 24 do
+        list[i] = i % 2 == 1 and { "crm.lead.add", { fields = { TITLE = "m" .. i } } } or { "crm.lead.list", {} }
+      end
+      portal:fault { method = "crm.lead.add", kind = "error500", after = 3, times = 1 }
+      local results, errs = c:calls(list, { parallel = 4 })
+      local added, failed = 0, 0
+      for i = 1, #list do
+        assert.is_true((results[i] ~= nil) ~= (errs[i] ~= nil), "call " .. i)
+        if errs[i] then
+          failed = failed + 1
+          assert.equal("INTERNAL_SERVER_ERROR", errs[i].code)
+          assert.equal("crm.lead.add", errs[i].method)
+        elseif list[i][1] == "crm.lead.add" then
+          added = added + 1
+        end
+      end
+      assert.equal(1, failed)
+      -- The calls after the failure were still sent, once each, and ran.
+      assert.equal(#list, #portal:requests() - sent)
+      assert.equal(added, leads_on_portal(c) - before)
+      c:close()
     end)
 
     it("reports progress once per call, counting up to the total", function()
@@ -207,6 +239,29 @@ describe("fan-out", function()
       assert.is_true(#portal:requests() <= 5, #portal:requests() .. " requests")
     end)
 
+    it("a batch with writes goes one request at a time: none is sent after a failure", function()
+      local c = client { tries = 1 }
+      local before = leads_on_portal(c)
+      local sent = #portal:requests()
+      local commands = {}
+      for i = 1, 150 do commands["k" .. i] = { "crm.lead.add", { fields = { TITLE = "w" .. i } } } end
+      -- The second request fails (the portal does not run it).
+      portal:fault { method = "batch", kind = "error500", after = 1, times = 1 }
+      local res, err = c:batch(commands, { parallel = 3 })
+      assert.is_nil(res)
+      assert.equal("INTERNAL_SERVER_ERROR", err.code)
+      local reported = 0
+      for _, item in pairs(err.partial) do
+        assert.is_nil(item.error)
+        reported = reported + 1
+      end
+      assert.equal(50, reported)
+      assert.equal(2, #portal:requests() - sent)
+      -- Every lead the portal made is in err.partial.
+      assert.equal(reported, leads_on_portal(c) - before)
+      c:close()
+    end)
+
     it("a batch of writes with halt goes one request at a time", function()
       local c = client()
       local commands = {}
@@ -240,6 +295,33 @@ describe("fan-out", function()
       assert.is_nil(rows)
       assert.equal("CANCELLED", err.code)
       assert.is_table(err.partial.rows[1])
+    end)
+
+    it("client:close() from on_request ends the calls with CANCELLED, one at a time or together", function()
+      for _, parallel in ipairs { 1, 2 } do
+        local c
+        c = client { parallel = parallel, on_request = function() c:close() end }
+        local sent = #portal:requests()
+        local results, errs = c:calls { { ITEMS_GET, { id = 1 } }, { ITEMS_GET, { id = 2 } } }
+        for i = 1, 2 do
+          assert.is_nil(results[i])
+          assert.equal("CANCELLED", errs[i].code, "parallel " .. parallel)
+        end
+        assert.equal(0, #portal:requests() - sent)
+      end
+      local c
+      c = client { on_request = function() c:close() end }
+      local rows, err = c:call(ITEMS_GET, { id = 1 })
+      assert.is_nil(rows)
+      assert.equal("CANCELLED", err.code)
+      -- Closed by on_response after a failed try: that failure, no next try.
+      c = client { tries = 3, on_response = function() c:close() end }
+      portal:fault { method = ITEMS_GET, kind = "error500", times = 1 }
+      local sent = #portal:requests()
+      rows, err = c:call(ITEMS_GET, { id = 1 })
+      assert.is_nil(rows)
+      assert.equal("INTERNAL_SERVER_ERROR", err.code)
+      assert.equal(1, #portal:requests() - sent)
     end)
 
     it("a raised error from a callback stops the fan-out, and the client stays usable", function()

@@ -125,6 +125,14 @@ describe("hostile input", function()
       assert.equal("x[0]=0&x[1]=10&x[2]=20&x[4]=40", core.query { x = t })
     end)
 
+    it("writes a float with the fewest digits that read back as the same number", function()
+      local floats = { 0.1, 1 / 3, 1e300, -2.5e-7, 1733094000.1234, 2 ^ 0.5 }
+      local text = core.json_encode(floats)
+      assert.equal("[0.1,0.3333333333333333,1e+300,-2.5e-07,1733094000.1234,1.4142135623730951]", text)
+      assert.same(floats, core.json_decode(text))
+      assert.equal("x=0.1", core.query { x = 0.1 })
+    end)
+
     it("keeps keys with NUL bytes apart in a batch query", function()
       assert.equal("a%00b=1&a%00c=2", core.query { ["a\0b"] = 1, ["a\0c"] = 2 })
     end)

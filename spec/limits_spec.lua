@@ -26,7 +26,7 @@ end
 -- The pacing specs run against a bucket ten times faster than the
 -- portal's real 2 requests/s, with the same ceiling in requests (10): the
 -- same properties hold in a tenth of the time. One case runs at the real
--- rate under the "slow" tag (CI runs it once; see README, "Tests").
+-- rate under the "slow" tag (CI runs it once; see docs/development.md).
 local FAST_RATE, REAL_RATE, BURST = 20, 2, 10
 local LEADS, PER_REQUEST = 2000, 50
 

@@ -166,4 +166,27 @@ describe("client:each", function()
     assert.has_error(function() client:each("crm.lead.list", { f = print }) end)
     assert.equal(0, #portal:requests())
   end)
+
+  it("raises naming the param each computes with when its type is wrong, and sends nothing", function()
+    local function raises(params, opts, message)
+      local ok, err = pcall(client.each, client, "crm.lead.list", params, opts)
+      assert.is_false(ok)
+      assert.equal("bitrix24: each: " .. message, err)
+    end
+    raises({ order = { ID = 1 } }, { fast = true }, 'params.order.ID must be "ASC" or "DESC", got number')
+    raises({ order = "ID" }, { fast = true }, "params.order must be a table, got string")
+    raises({ filter = "x" }, { fast = true }, "params.filter must be a table, got string")
+    raises({ filter = { [">ID"] = "abc" } }, { fast = true },
+      'opts.fast: params.filter[">ID"] must be an id (a number), got "abc"')
+    raises({ filter = { ["<ID"] = {} } }, { fast = true },
+      'opts.fast: params.filter["<ID"] must be an id (a number), got table')
+    raises({ start = "x" }, nil, 'params.start must be a whole number, got "x"')
+    raises({ start = 1.5 }, nil, "params.start must be a whole number, got 1.5")
+    assert.equal(0, #portal:requests())
+    -- What stays allowed: ids as strings, the id order in any case, a start.
+    for _ in client:each("crm.lead.list", { order = { ID = "asc" }, filter = { [">ID"] = "3" } }, { fast = true }) do
+      break
+    end
+    for _ in client:each("crm.lead.list", { start = "50" }) do break end
+  end)
 end)

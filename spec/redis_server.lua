@@ -15,7 +15,7 @@ local function exists(path)
 end
 
 -- Debian's lua-redis installs redis.lua for Lua 5.1-5.3 only; the module is
--- plain Lua and runs under 5.4 too (see README, "Many machines").
+-- plain Lua and runs under 5.4 too (see docs/many-machines.md).
 M.LUA_DIR = nil
 for _, v in ipairs { support.LUA_VERSION, "5.3", "5.1" } do
   if exists("/usr/share/lua/" .. v .. "/redis.lua") then

@@ -353,8 +353,8 @@ end)
 -- install paths, the workers, the port and the bucket replaced, the
 -- harness's own lines (pid, logs, modules, temporary files) added.
 local function readme_config(harness, root, port, prefix)
-  local readme = support.read_file(support.ROOT .. "/README.md")
-  local at = assert(readme:find(MARKER, 1, true), "README.md has no line " .. MARKER)
+  local readme = support.read_file(support.ROOT .. "/docs/many-machines.md")
+  local at = assert(readme:find(MARKER, 1, true), "docs/many-machines.md has no line " .. MARKER)
   local block = assert(readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER), "no ```nginx block after " .. MARKER)
   local function replace(old, new)
     local a, b = block:find(old, 1, true)

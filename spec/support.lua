@@ -5,8 +5,11 @@
 
 local M = {}
 
-M.LUA = os.getenv("LUA") or "lua5.4"
-M.LUA_VERSION = os.getenv("LUA_VERSION") or (_VERSION:match("%d+%.%d+"))
+-- The interpreter running the specs, unless LUA and LUA_VERSION say
+-- (spec/run sets both; luarocks test sets neither).
+local RUNNING = rawget(_G, "jit") and "luajit" or (_VERSION:match("%d+%.%d+"))
+M.LUA = os.getenv("LUA") or (RUNNING == "luajit" and "luajit" or "lua" .. RUNNING)
+M.LUA_VERSION = os.getenv("LUA_VERSION") or RUNNING
 M.HAS_INTEGERS = math.type ~= nil
 
 -- Client options for specs that test something other than pacing and

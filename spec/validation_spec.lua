@@ -127,6 +127,24 @@ describe("programmer errors", function()
     raises("opts%.timeout must be positive", function()
       bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { timeout = -1 })
     end)
+    -- A bound that is infinite, or longer than a day, bounds nothing.
+    for _, k in ipairs { "timeout", "connect_timeout", "deadline", "max_wait" } do
+      raises("opts%." .. k .. " must be finite", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = math.huge })
+      end)
+      raises("opts%." .. k .. " must be positive", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = 0 / 0 })
+      end)
+      raises("opts%." .. k .. " must be at most 86400 seconds", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = 86401 })
+      end)
+      bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = 86400 }):close()
+    end
+    for _, k in ipairs { "rate", "burst", "tries", "max_response", "operating_limit" } do
+      raises("opts%." .. k .. " must be finite", function()
+        bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { [k] = math.huge })
+      end)
+    end
     raises("access_token is required", function()
       bitrix24.oauth { endpoint = "https://portal.example/rest/" }
     end)

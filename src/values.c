@@ -1,6 +1,7 @@
 /* Reading Lua values the same way in both encoders (see values.h). */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "compat.h"
 #include "values.h"
@@ -45,8 +46,17 @@ size_t b24_format_number(lua_State *L, int idx, char *out, size_t size)
     /* Whole numbers that a double holds exactly print as integers. */
     if (x == floor(x) && fabs(x) < 9007199254740992.0)
         n = snprintf(out, size, "%.0f", (double)x);
-    else
+    else {
+        /* The fewest digits that read back as the same double: 0.1 is
+         * written 0.1, not 0.10000000000000001 (17 digits always do). */
+        int digits;
+        for (digits = 15; digits < 17; digits++) {
+            n = snprintf(out, size, "%.*g", digits, (double)x);
+            if (strtod(out, NULL) == (double)x)
+                return (size_t)n;
+        }
         n = snprintf(out, size, "%.17g", (double)x);
+    }
     return (size_t)n;
 }
 

@@ -11,7 +11,7 @@
 int b24_is_sequence(lua_State *L, int t);
 
 /* Writes the number at idx into out (size >= 32): integers without a
- * fraction, other numbers with enough digits to read back the same
+ * fraction, other numbers with the fewest digits that read back the same
  * double. Returns the length, or 0 for NaN and infinities, which neither
  * JSON nor PHP can take. */
 size_t b24_format_number(lua_State *L, int idx, char *out, size_t size);

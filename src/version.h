@@ -3,6 +3,6 @@
 #ifndef B24_VERSION_H
 #define B24_VERSION_H
 
-#define B24_VERSION "0.1.0"
+#define B24_VERSION "0.2.0"
 
 #endif

@@ -11,7 +11,41 @@
 local bitrix24 = require "bitrix24"
 local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
-local json = require "bitrix24.fake.json"
+
+-- Output goes through the core's encoder (core.json_encode): the product
+-- never loads the fake portal's modules. Objects print with their keys
+-- sorted, so the same answer prints the same way every time; an empty table
+-- prints as [], as Bitrix24 (PHP) writes an empty list.
+local json = {}
+
+-- Keys exactly 1..n: a JSON array.
+local function is_array(t)
+  local n, max = 0, 0
+  for k in pairs(t) do
+    if type(k) ~= "number" or k < 1 or k % 1 ~= 0 then return false end
+    n, max = n + 1, math.max(max, k)
+  end
+  return n == max
+end
+
+function json.encode(v)
+  if type(v) ~= "table" then return core.json_encode(v) end
+  if next(v) == nil then return "[]" end
+  local out = {}
+  if is_array(v) then
+    for i = 1, #v do out[i] = json.encode(v[i]) end
+    return "[" .. table.concat(out, ",") .. "]"
+  end
+  local keys = {}
+  for k in pairs(v) do keys[#keys + 1] = type(k) == "number" and core.json_encode(k) or k end
+  table.sort(keys)
+  for i, k in ipairs(keys) do
+    local value = v[k]
+    if value == nil then value = v[tonumber(k)] end
+    out[i] = core.json_encode(k) .. ":" .. json.encode(value)
+  end
+  return "{" .. table.concat(out, ",") .. "}"
+end
 
 local M = {}
 

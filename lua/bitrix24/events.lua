@@ -1,36 +1,42 @@
--- Receiving Bitrix24 events (FACTS §12): parse the POSTed body, verify it
+--- Receiving Bitrix24 events (FACTS §12): parse the POSTed body, verify it
 -- came from the portal, answer at once, then run the user's function.
 --
---   local events = require "bitrix24.events"
---   -- in nginx:
---   events.handle{ store = events.file_stores("/var/lib/app/b24"), client_id = ..., client_secret = ...,
---                  install = { domains = { "example.bitrix24.com" } },
---                  on = { ONCRMLEADUPDATE = function(event, client) ... end } }
---   -- any other HTTP server:
---   local status, job = events.receive(cfg, body, content_type)
---   -- answer `status` (empty body), close the response, then: if job then job() end
+--     local events = require "bitrix24.events"
+--     -- in nginx:
+--     events.handle{ store = events.file_stores("/var/lib/app/b24"), client_id = ..., client_secret = ...,
+--                    install = { domains = { "example.bitrix24.com" } },
+--                    on = { ONCRMLEADUPDATE = function(event, client) ... end } }
+--     -- any other HTTP server:
+--     local status, job = events.receive(cfg, body, content_type)
+--     -- answer `status` (empty body), close the response, then: if job then job() end
 --
--- Per portal (`auth[member_id]`) two stores, made by cfg.store(name):
---   store(member_id)          the OAuth tokens ONAPPINSTALL brought: the
---                             same store bitrix24.oauth{ store = ... } uses,
---                             so refreshes are shared as everywhere else;
---   store(member_id .. ".app") { application_token, domain, client_endpoint,
---                             member_id }: what events are verified against.
+-- Per portal (`auth[member_id]`) two stores, made by `cfg.store(name)`:
+--
+--     store(member_id)           the OAuth tokens ONAPPINSTALL brought: the
+--                                same store bitrix24.oauth{ store = ... } uses,
+--                                so refreshes are shared as everywhere else;
+--     store(member_id .. ".app") { application_token, domain, client_endpoint,
+--                                member_id }: what events are verified against.
+--
 -- They are separate because a refresh saves a whole new token set over the
--- first store. member_id comes from the request, so it must look like one
+-- first store. `member_id` comes from the request, so it must look like one
 -- (hex digits, at most 64) before it names a file or key.
 --
 -- Trust (FACTS §12.2): every event but the first install is checked
--- against the application_token stored for its member_id, in constant
+-- against the `application_token` stored for its `member_id`, in constant
 -- time. ONAPPINSTALL for a portal with no stored token cannot be checked
--- that way; it is accepted only when cfg.install lists its domain, its
--- client_endpoint is that domain's /rest/, and the portal accepts its
--- access_token (app.info, called at that endpoint). Without cfg.install no
--- portal can install itself: safe by default. ONAPPUNINSTALL, once
--- verified, empties both stores. An outgoing webhook (no app) is verified
--- against cfg.webhook_token instead, and needs no store.
+-- that way; it is accepted only when `cfg.install` lists its domain, its
+-- `client_endpoint` is that domain's /rest/, and the token endpoint, asked
+-- to renew its `refresh_token`, says those tokens belong to that `member_id`
+-- and endpoint (bitrix24.events.install). That needs `cfg.client_id` and
+-- `cfg.client_secret`: without them, or without `cfg.install`, no portal can
+-- install itself: safe by default. ONAPPUNINSTALL, once verified, empties
+-- both stores. An outgoing webhook (no app) is verified against
+-- `cfg.webhook_token` instead, and needs no store.
+-- @module bitrix24.events
 
 local parse = require "bitrix24.events.parse"
+local trust = require "bitrix24.events.install"
 local errors = require "bitrix24.errors"
 
 local fail = errors.message
@@ -41,7 +47,10 @@ local M = {
 }
 
 --- Whether `given` equals `expected`, in time that depends only on the
---- length of `expected` (no early exit at the first differing byte).
+-- length of `expected` (no early exit at the first differing byte).
+-- @tparam string expected
+-- @tparam string given
+-- @treturn boolean false also when either is not a non-empty string
 function M.same_token(expected, given)
   if type(expected) ~= "string" or type(given) ~= "string" or expected == "" or given == "" then
     return false
@@ -54,23 +63,45 @@ function M.same_token(expected, given)
   return diff == 0
 end
 
---- store(name) for events.handle: one bitrix24.file_store per name in dir.
+--- The `store` of a `config`: one `bitrix24.file_store` per name in dir.
+-- @tparam string dir
+-- @treturn function `name -> store`
+-- @raise when dir is not a non-empty string
 function M.file_stores(dir)
   if type(dir) ~= "string" or dir == "" then errors.raise(2, "events.file_stores: dir must be a non-empty string") end
   local bitrix24 = require "bitrix24"
   return function(name) return bitrix24.file_store(dir .. "/" .. name .. ".json") end
 end
 
---- store(name) for events.handle: one key per name in a lua_shared_dict.
+--- The `store` of a `config`: one key per name in a `lua_shared_dict`.
+-- @param dict `ngx.shared.NAME` or NAME
+-- @treturn function `name -> store`
 function M.shared_dict_stores(dict)
   local bitrix24 = require "bitrix24"
   return function(name) return bitrix24.shared_dict_store(dict, name) end
 end
 
+--- The config of `handle` and `receive`; a wrong key or type raises.
+-- @table config
+-- @tfield function store `name -> store` (`file_stores`, `shared_dict_stores`
+-- or your own); or else `webhook_token`
+-- @tfield string webhook_token the application token of a local outgoing webhook
+-- @tfield table on event name (any case) -> `function(event, client)`, run
+-- after the answer has gone
+-- @tfield table install `{ domains = {...} }`: the portals allowed to install the app
+-- @tfield string client_id the app's, for the portal's client
+-- @tfield string client_secret the app's, for the portal's client
+-- @tfield string token_url for the portal's client
+-- @tfield table client_opts the `options` of the portal's client
+-- @tfield table client one client to hand to `on` instead of the portal's
+-- @tfield table limits `max_size`, `max_fields`, `max_depth` of the parser
+-- @tfield function log takes each message (default `ngx.log` at ERR, or stderr)
+-- @tfield function on_refresh gets every token set the token endpoint hands
+-- out (an install's renewal, each portal client's refresh) before any store
 local CFG = {
   store = "function", on = "table", webhook_token = "string", install = "table", client_id = "string",
   client_secret = "string", token_url = "string", client_opts = "table", limits = "table", log = "function",
-  client = "table",
+  client = "table", on_refresh = "function",
 }
 
 -- true | nil, why (a programmer error: the caller raises it).
@@ -110,10 +141,6 @@ local function valid_member(id)
   return type(id) == "string" and #id <= 64 and id:match("^%x+$") ~= nil
 end
 
-local function is_loopback(host)
-  return host == "localhost" or host:match("^127%.%d+%.%d+%.%d+$") ~= nil
-end
-
 -- load through pcall: a store is user code. -> table | nil | nil, err
 local function load(store)
   local ok, t, err = pcall(store.load, store)
@@ -139,59 +166,38 @@ local function stores(cfg, member_id)
   return tokens, app
 end
 
--- ONAPPINSTALL from a portal we do not know yet: see the top of the file.
-local function trust_install(cfg, auth)
-  local domain = type(auth.domain) == "string" and auth.domain:lower() or nil
-  local listed = false
-  for _, d in ipairs(cfg.install.domains) do
-    if domain and d:lower() == domain then listed = true end
-  end
-  if not listed then return nil, "ONAPPINSTALL from a domain not in cfg.install.domains" end
-  local host = domain:match("^[^:]+")
-  local want = (is_loopback(host) and "http://" or "https://") .. domain .. "/rest/"
-  if auth.client_endpoint ~= want then return nil, "ONAPPINSTALL whose client_endpoint is not " .. want end
-  if type(auth.access_token) ~= "string" or auth.access_token == "" then
-    return nil, "ONAPPINSTALL without an access_token"
-  end
-  local bitrix24 = require "bitrix24"
-  local ok, client = pcall(bitrix24.oauth, { endpoint = want, access_token = auth.access_token }, cfg.client_opts)
-  if not ok then return nil, "ONAPPINSTALL: " .. tostring(client) end
-  local info, err = client:call("app.info")
-  client:close()
-  if info == nil then
-    return nil, "ONAPPINSTALL: the portal did not accept its access_token (" .. tostring(err) .. ")"
-  end
-  return true
-end
-
 local TOKEN_KEYS = { "access_token", "refresh_token", "expires", "expires_in", "scope", "domain",
   "server_endpoint", "client_endpoint", "member_id", "status" }
 
 local function install(cfg, auth, tokens_store, app_store, known)
-  if not (known and M.same_token(known.application_token, auth.application_token)) then
-    if not cfg.install then return 401, "ONAPPINSTALL refused: cfg.install is not set" end
-    if known and known.domain and known.domain ~= auth.domain then
-      return 401, "ONAPPINSTALL for a known member_id from another domain"
-    end
-    local ok, why = trust_install(cfg, auth)
-    if not ok then return 401, why end
-  end
   if type(auth.application_token) ~= "string" or auth.application_token == "" then
     return 400, "ONAPPINSTALL without an application_token"
   end
   local tokens = {}
-  for _, k in ipairs(TOKEN_KEYS) do
-    if type(auth[k]) == "string" and auth[k] ~= "" then tokens[k] = auth[k] end
+  if known and M.same_token(known.application_token, auth.application_token) then
+    -- A reinstall the stored token vouches for: its tokens as they came.
+    for _, k in ipairs(TOKEN_KEYS) do
+      if type(auth[k]) == "string" and auth[k] ~= "" then tokens[k] = auth[k] end
+    end
+  else
+    if not cfg.install then return 401, "ONAPPINSTALL refused: cfg.install is not set" end
+    if known and known.domain and known.domain ~= auth.domain then
+      return 401, "ONAPPINSTALL for a known member_id from another domain"
+    end
+    local status, why
+    tokens, status, why = trust.verify(cfg, auth, function(msg) log(cfg, msg) end)
+    if not tokens then return status, why end
   end
-  -- The tokens first: an app token without them would accept events for
-  -- a portal we cannot call.
+  -- The tokens first: the install's own are dead once verify renewed
+  -- them, and an app token without tokens would accept events for a
+  -- portal we cannot call.
   local ok, err = save(tokens_store, tokens)
   if ok then
     ok, err = save(app_store, { application_token = auth.application_token, domain = auth.domain,
       client_endpoint = auth.client_endpoint, member_id = auth.member_id })
   end
   if not ok then return 500, "ONAPPINSTALL: the store failed: " .. errors.redact(err, { auth.access_token,
-    auth.refresh_token, auth.application_token }) end
+    auth.refresh_token, auth.application_token, tokens.access_token, tokens.refresh_token }) end
   return 200
 end
 
@@ -206,6 +212,7 @@ local function portal_client(cfg, member_id, tokens_store, record)
   local ok, client = pcall(bitrix24.oauth, {
     endpoint = saved.client_endpoint or record.client_endpoint, store = tokens_store,
     client_id = cfg.client_id, client_secret = cfg.client_secret, token_url = cfg.token_url,
+    on_refresh = cfg.on_refresh,
   }, cfg.client_opts)
   if not ok then
     log(cfg, "bitrix24 events: no client for member " .. member_id .. ": " .. tostring(client))
@@ -234,9 +241,17 @@ local function job(cfg, fn, name, event, member_id, tokens_store, record)
   end
 end
 
---- receive(cfg, body, content_type) -> status, job | status, nil, why.
---- Answer `status` at once; when a job is given, run it after the answer
---- has gone: it runs the cfg.on function (if any) and logs its errors.
+--- Checks and parses an event for any HTTP server. Answer `status` at once;
+-- when a job is given, run it after the answer has gone: it runs the
+-- `cfg.on` function (if any) and logs its errors.
+-- @tparam table cfg see `config`
+-- @tparam string body the POSTed body
+-- @tparam[opt] string content_type
+-- @treturn integer status: 200 accepted, 400 malformed, 401 not verified,
+-- 413 too large, 500 a store failed
+-- @treturn ?function job (on 200)
+-- @treturn ?string why (otherwise)
+-- @raise on a bad config or a body that is not a string
 function M.receive(cfg, body, content_type)
   local ok, bad = check_cfg(cfg)
   if not ok then errors.raise(2, bad) end
@@ -304,6 +319,10 @@ function M.receive(cfg, body, content_type)
   return 200, fn and job(cfg, fn, name, event, member_id, tokens_store, record)
 end
 
+-- What handle() answers to every event it cannot verify (the reason is
+-- logged, not sent).
+M.UNAUTHORIZED = "the event is not verified"
+
 local function read_file(path, max)
   local f = io.open(path, "rb")
   if not f then return nil end
@@ -312,10 +331,12 @@ local function read_file(path, max)
   return s or ""
 end
 
---- The nginx content handler (content_by_lua*): reads the raw body (so no
---- get_post_args limit applies), answers at once, closes the answer with
---- ngx.eof(), then runs the cfg.on function in the same request, where
---- cosockets (the client's calls) work.
+--- The nginx content handler (`content_by_lua*`): reads the raw body (so no
+-- `get_post_args` limit applies), answers at once (405 to anything but
+-- POST), closes the answer with `ngx.eof()`, then runs the `cfg.on`
+-- function in the same request, where cosockets (the client's calls) work.
+-- @tparam table cfg see `config`
+-- @raise on a bad config
 function M.handle(cfg)
   local ok, bad = check_cfg(cfg)
   if not ok then errors.raise(2, bad) end
@@ -341,13 +362,27 @@ function M.handle(cfg)
   local status, run, why = M.receive(cfg, body, ngx.var.content_type)
   if status ~= 200 then
     ngx.log(ngx.WARN, "bitrix24 events: rejected (", status, "): ", why)
-    return answer(status, why)
+    -- One text for every 401: telling "unknown portal" from "wrong token"
+    -- would tell anyone which member_ids are installed here.
+    return answer(status, status == 401 and M.UNAUTHORIZED or why)
   end
   answer(200)
   if run then run() end
 end
 
---- The offline queue consumer: see bitrix24.events.offline.
+--- Consumes the portal's offline event queue, at least once: fetches
+-- batches with `event.offline.get` (`clear=0`), keeps their `process_id` in
+-- `opts.store` before handling any, clears the records handled and marks
+-- the others with `event.offline.error`.
+-- @tparam Client client an OAuth client of the portal
+-- @tparam table opts `store` and `handler` (`function(ev)` returning true
+-- when handled), and optionally `limit`, `filter`, `max_batches`,
+-- `on_error`, `auth_connector`
+-- @treturn integer handled
+-- @treturn integer failed
+-- @return[2] nil
+-- @treturn[2] Error
+-- @raise on bad opts, or a client that is not an OAuth one
 function M.consume_offline(client, opts)
   local offline = require "bitrix24.events.offline"
   local ok, why = offline.check(client, opts)

@@ -120,10 +120,6 @@ local function run_multi(c, requests, parallel, on_each)
     if coroutine.status(threads[i]) == "dead" then
       threads[i], active = nil, active - 1
       results[i] = { r[2], r[3] }
-    elseif r[2] == "send" and not rawget(c, "_http") then
-      -- (closed by a hook of this very request: its multi handle is gone)
-      threads[i], active = nil, active - 1
-      results[i] = { nil, cancelled(c, requests[i]) }
     elseif r[2] == "send" then
       waiting[m:start(r[3], r[4], r[5], r[6])] = i
     else

@@ -92,6 +92,50 @@ local function fast_base(params, id_key)
   return p
 end
 
+-- A number, or a string of one (as the portal reads it), or nil.
+local function numeric(v)
+  return (type(v) == "number" or type(v) == "string") and tonumber(v) or nil
+end
+
+-- What is wrong with the params the pager itself reads, or nil: the
+-- pager computes with them, so a wrong type must be refused here, naming
+-- it, not fail deep inside.
+local function check_params(params, fast, id_key)
+  if not fast then
+    local start, n = params.start, numeric(params.start)
+    if start ~= nil and not (n and whole(n, -1, math.huge)) then
+      return fail("each: params.start must be a whole number, got %s",
+        type(start) == "string" and string.format("%q", start) or tostring(start))
+    end
+    return nil
+  end
+  local order = params.order
+  if order ~= nil and type(order) ~= "table" then
+    return fail("each: params.order must be a table, got %s", type(order))
+  end
+  for k, v in pairs(order or {}) do
+    if type(v) ~= "string" then
+      return fail('each: params.order.%s must be "ASC" or "DESC", got %s', tostring(k), type(v))
+    end
+  end
+  if order ~= nil and next(order) ~= nil and
+      (next(order, next(order)) ~= nil or (order[id_key] or ""):upper() ~= "ASC") then
+    return fail("each: opts.fast sorts by %s ascending; params.order cannot ask for another order", id_key)
+  end
+  local filter = params.filter
+  if filter ~= nil and type(filter) ~= "table" then
+    return fail("each: params.filter must be a table, got %s", type(filter))
+  end
+  for _, op in ipairs { ">", "<" } do
+    local v = filter and filter[op .. id_key]
+    if v ~= nil and not numeric(v) then
+      return fail('each: opts.fast: params.filter["%s%s"] must be an id (a number), got %s', op, id_key,
+        type(v) == "string" and string.format("%q", v) or type(v))
+    end
+  end
+  return nil
+end
+
 -- Returns the pager, or nil and why (bad opts, or params fast mode cannot
 -- keep). parallel: the client's, for when opts has none.
 function M.new(method, params, opts, parallel)
@@ -99,16 +143,8 @@ function M.new(method, params, opts, parallel)
   opts, why = check_opts(opts)
   if not opts then return nil, why end
   local id_key = opts.id_key or "ID"
-  if opts.fast then
-    local order = params.order
-    if order ~= nil and (type(order) ~= "table" or next(order) ~= nil and
-        (next(order, next(order)) ~= nil or (order[id_key] or ""):upper() ~= "ASC")) then
-      return nil, fail("each: opts.fast sorts by %s ascending; params.order cannot ask for another order", id_key)
-    end
-    if params.filter ~= nil and type(params.filter) ~= "table" then
-      return nil, fail("each: params.filter must be a table")
-    end
-  end
+  why = check_params(params, opts.fast, id_key)
+  if why then return nil, why end
   local self = setmetatable({
     method = method, params = params, fast = opts.fast or false, id_key = id_key,
     progress = opts.progress, page_batch = opts.page_batch or MAX_BATCH,

@@ -19,11 +19,34 @@ local M = {}
 
 local MAX_REDIRECTS = 3
 
+-- Methods named like reads that change the portal, so they are never
+-- sent twice, not even with retry_writes: event.offline.get reserves the
+-- events it returns under a new process_id (clear=0) or deletes them
+-- (clear=1, its default), so a repeat after a lost answer strands or loses
+-- the first answer's events (FACTS §12.4).
+M.NEVER_REPEAT = { ["event.offline.get"] = true }
+
 -- Reads never change the portal, so a read whose answer was lost can be
 -- sent again; anything else might have been done already.
 function M.is_read(method)
   local m = method:lower()
+  if M.NEVER_REPEAT[m] then return false end
   return (m:match("%.get$") or m:match("%.list$") or m:match("%.fields$") or m:match("%.getlist$")) ~= nil
+end
+
+-- Whether a request may be sent twice: the one place that decides it. A
+-- request carrying only reads may; any other only when the client's
+-- opts.retry_writes allows it, and never one of NEVER_REPEAT. subcalls: a
+-- batch's keys -> methods (the batch is what its commands are); a batch
+-- without them is not known to be reads.
+local function safe(c, method, subcalls)
+  local carried = subcalls or { method }
+  local reads, never = true, false
+  for _, m in pairs(carried) do
+    reads = reads and M.is_read(m)
+    never = never or M.NEVER_REPEAT[m:lower()] ~= nil
+  end
+  return reads or (c._policy.retry_writes and not never)
 end
 
 -- Where a redirect may be followed: the same scheme, host and port. A
@@ -127,15 +150,14 @@ local function with_auth(body, token)
   return body:sub(1, -2) .. "," .. auth .. "}"
 end
 
---- A new request: method (as given), key (its lower-case name), body
---- (JSON), safe (it may be sent twice: a read, or the caller allows it).
---- A batch's request may also carry subcalls (its keys -> their methods),
---- whose operating time it spends.
---- The transport is told it is a write unless safe; the client repeats it
---- also when the client's opts.retry_writes allows.
-function M.request(c, method, key, body, safe)
+--- A new request: method (as given), body (JSON) and, for a batch,
+--- subcalls (its keys -> their methods), whose operating time it spends
+--- and which say whether it may be repeated. A request not safe to repeat
+--- is marked a write, so the transport never sends it twice on its own.
+function M.request(c, method, body, subcalls)
+  local ok = safe(c, method, subcalls)
   return {
-    method = method, key = key, body = body, write = not safe, safe = safe or c._policy.retry_writes,
+    method = method, key = method:lower(), body = body, subcalls = subcalls, write = not ok, safe = ok,
     url = c._auth.base .. method, tries = 0, redirects = 0, refreshed = false,
   }
 end
@@ -160,6 +182,8 @@ function M.run(c, req, io)
       local url = req.url
       local shown = url:sub(1, #a.base) == a.base and a.shown .. url:sub(#a.base + 1) or url
       opts.on_request { method = req.method, url = errors.redact(shown, a.secrets) }
+      -- The hook may close the client: then there is nothing to send with.
+      if not rawget(c, "_http") then return nil, M.cancelled(c, req) end
     end
     local started = opts.on_response and core.monotonic()
     -- The try ends by the deadline too: the transport takes the smaller of
@@ -180,6 +204,8 @@ function M.run(c, req, io)
       lim:observe(req.key, env, req.subcalls)
       return env
     end
+    -- (closed by on_response: no refresh, no next try)
+    if not rawget(c, "_http") then return nil, M.error(c, req.method, failure, req.tries) end
     local now = io.now()
     local action, arg = M.decide(c, req, failure, now)
     if action == "refresh" then

@@ -94,8 +94,8 @@ local function need(names, package)
     local ok, lib = pcall(require, name)
     if ok then return lib end
   end
-  error(errors.message("bitrix24: Redis needs the %s library (Debian: apt-get install %s); see README, "
-    .. "\"Many machines\"", names[1], package), 0)
+  error(errors.message("bitrix24: Redis needs the %s library (Debian: apt-get install %s); see"
+    .. " docs/many-machines.md", names[1], package), 0)
 end
 
 -- redis-lua sends a command through a function made for its name.

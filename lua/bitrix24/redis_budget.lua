@@ -1,5 +1,5 @@
 -- The portal's rate budget in Redis, shared by every machine that talks to
--- the portal (see README, "Many machines").
+-- the portal (see docs/many-machines.md).
 --
 -- The bucket is the limiter's (limiter.step), computed by a Redis script,
 -- so the read-modify-write is atomic on the server and its clock (TIME) is

@@ -1,5 +1,5 @@
 -- The OAuth token store in Redis, for clients on many machines (see
--- README, "Many machines"). It answers auth.lua's store calls: load, save,
+-- docs/many-machines.md). It answers auth.lua's store calls: load, save,
 -- lock.
 --
 -- The lock is a key set only if absent (SET NX PX) holding a random owner

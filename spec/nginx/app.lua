@@ -130,7 +130,8 @@ end
 
 -- One handler fanning out n calls (items.get of leads 1..n) with
 -- `parallel` in flight. stop=close|raise: the progress callback closes the
--- client or raises after the second answer. oauth=1: an OAuth client
+-- client or raises after the second answer; stop=on_request: the
+-- on_request hook closes it before the first send. oauth=1: an OAuth client
 -- whose token the portal has expired (one refresh for all).
 function T.fanout()
   local n, parallel = tonumber(args.n or 50), tonumber(args.parallel or 10)
@@ -142,7 +143,8 @@ function T.fanout()
       client_id = o.client_id, client_secret = o.client_secret, token_url = o.token_url,
     }, client_opts())
   else
-    client = bitrix24.webhook(config.webhook_url, client_opts())
+    local extra = args.stop == "on_request" and { on_request = function() client:close() end } or nil
+    client = bitrix24.webhook(config.webhook_url, client_opts(extra))
   end
   local list = {}
   for i = 1, n do list[i] = { "crm.lead.contact.items.get", { id = i } } end

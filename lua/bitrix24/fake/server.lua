@@ -1,41 +1,42 @@
--- Starts and stops a fake Bitrix24 portal hosted in a real nginx (ngx_lua),
+--- Starts and stops a fake Bitrix24 portal hosted in a real nginx (`ngx_lua`),
 -- for specs and for bin/b24-fake-portal. Plain Lua 5.1-5.4/LuaJIT with
 -- luasocket and cjson; processes are run through /bin/sh.
 --
---   local fake = require "bitrix24.fake.server"
---   local portal = fake.start{ burst = 5 }      -- options: see M.start below
---   portal:fault{ method = "crm.lead.contact.add", kind = "html502" }
---   ... point the client at portal.webhook_url ...
---   portal:stop()
+--     local fake = require "bitrix24.fake.server"
+--     local portal = fake.start{ burst = 5 }      -- options: see M.start below
+--     portal:fault{ method = "crm.lead.contact.add", kind = "html502" }
+--     ... point the client at portal.webhook_url ...
+--     portal:stop()
 --
 -- Fields of a started portal:
---   port, url ("http://127.0.0.1:PORT"), webhook_url (url .. "/rest/1/CODE/"),
---   oauth_endpoint (url .. "/rest/"), token_url (url .. "/oauth/token/"),
---   tls_port, https_url, https_webhook_url, ca_file (only with tls),
---   moved_url ("http://127.0.0.2:PORT", where redirect faults point by default),
---   code, user_id, client_id, client_secret, access_token, refresh_token, member_id,
---   pid (the nginx master), prefix (its temp directory).
--- Methods (each one HTTP request to /_fake/...; raise on a non-200 answer):
---   portal:requests(), portal:reset(opts), portal:fault(spec), portal:configure(t),
---   portal:expire_tokens(), portal:stats(), portal:info(), portal:leads(change),
---   portal:churn(rule), portal:events(), portal:fire(t), portal:install(t),
---   portal:uninstall(t) (see bitrix24.fake.events), and portal:stop().
+--     port, url ("http://127.0.0.1:PORT"), webhook_url (url .. "/rest/1/CODE/"),
+--     oauth_endpoint (url .. "/rest/"), token_url (url .. "/oauth/token/"),
+--     tls_port, https_url, https_webhook_url, ca_file (only with tls),
+--     moved_url ("http://127.0.0.2:PORT", where redirect faults point by default),
+--     code, user_id, client_id, client_secret, access_token, refresh_token, member_id,
+--     pid (the nginx master), prefix (its temp directory).
+-- Methods (each one HTTP request to `/_fake/...`; raise on a non-200 answer):
+--     portal:requests(), portal:reset(opts), portal:fault(spec), portal:configure(t),
+--     portal:expire_tokens(), portal:stats(), portal:info(), portal:leads(change),
+--     portal:churn(rule), portal:events(), portal:fire(t), portal:install(t),
+--     portal:uninstall(t) (see bitrix24.fake.events), and portal:stop().
 -- reset{ leads = N } regenerates N leads (once), reset{ tokens = true } issues
 -- new tokens; leads{ delete = {ids}, append = M } changes the leads at once;
--- churn{ every = K, delete = {ids}, delete_count = D, append = M, times = T }
+-- `churn{ every = K, delete = {ids}, delete_count = D, append = M, times = T }`
 -- changes them after every K-th crm.lead.list call, churn{ clear = true }
 -- stops that, churn{} reports what churn did (see bitrix24.fake.churn).
 -- The token fields are copies: reset() and info() refresh them.
 --
 -- Every nginx started here stops by itself: after `timeout` seconds (default
 -- 900), and within a second after the process that started it is gone.
+-- @module bitrix24.fake.server
 
 local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
 
-local M = { _NAME = "bitrix24.fake.server", _VERSION = "0.1.0" }
+local M = { _NAME = "bitrix24.fake.server", _VERSION = "0.2.0" }
 
 local START_WAIT = 5       -- seconds to wait for nginx to answer before giving up
 local STOP_WAIT = 3        -- seconds between SIGTERM and SIGKILL
@@ -409,33 +410,94 @@ local function apply_info(self, info)
   if self.https_url then self.https_webhook_url = self.https_url .. info.webhook_path end
 end
 
+--- A started portal (what `start` returns); its fields are listed in the
+-- module's description. Each method below is one HTTP request to the
+-- portal's `/_fake/` endpoints and raises when it does not answer 200.
+-- @type Portal
+
+--- The portal's credentials (`code`, `user_id`, `client_id`,
+-- `client_secret`, `access_token`, `refresh_token`, `member_id`,
+-- `webhook_path`), also copied onto the object.
+-- @treturn table
 function Portal:info()
   local info = control(self, "GET", "/_fake/info")
   apply_info(self, info)
   return info
 end
 
+--- Every REST and token request since the last reset, oldest first: `method`,
+-- `http_method`, `auth` ("webhook", "oauth", "none"), `params`, `conn`,
+-- `user_agent`, `status`, `error`; a batch also lists its `calls`.
+-- @treturn {table,...}
 function Portal:requests() return control(self, "GET", "/_fake/requests") end
+--- Counters of what the portal served.
+-- @treturn table
 function Portal:stats() return control(self, "GET", "/_fake/stats") end
+--- Injects a fault for a method (or `pattern`, a Lua pattern): kind is
+-- latency, html502, truncate, malformed, reset, error500, error200,
+-- redirect or canned; `times`, `delay`, `status`, `body`, `location` refine
+-- it; `{ clear = true }` removes every fault.
+-- @tparam table spec
+-- @treturn table `{ ok = true, faults = n }`
 function Portal:fault(spec) return control(self, "POST", "/_fake/fault", spec) end
+--- Changes limits and costs live: `rate`, `burst`, `op_limit`, `token_ttl`,
+-- `op_cost`, `latency`, `call_cost`, `count_cost_per_1000_rows`.
+-- @tparam table t
+-- @treturn table the configuration now
 function Portal:configure(t) return control(self, "POST", "/_fake/config", t) end
+--- The current access token answers `401 expired_token` from now on.
+-- @treturn table `{ ok = true }`
 function Portal:expire_tokens() return control(self, "POST", "/_fake/expire_tokens", {}) end
+--- Deletes and appends leads at once: `{ delete = {ids}, append = m }`.
+-- @tparam[opt] table change
+-- @treturn table what was deleted and appended, and where the leads stand
 function Portal:leads(change) return control(self, "POST", "/_fake/leads", change or {}) end
+--- Changes the leads after every k-th crm.lead.list call:
+-- `{ every = k, delete = {ids}, delete_count = d, append = m, times = t }`;
+-- `{ clear = true }` stops it; `{}` only reports.
+-- @tparam[opt] table rule
+-- @treturn table what churn did so far
 function Portal:churn(rule) return control(self, "POST", "/_fake/churn", rule or {}) end
--- Events (bitrix24.fake.events): state, firing, install and uninstall.
+
+--- Events (bitrix24.fake.events): the portal's `application_token`, its
+-- event bindings, the `deliveries` (each POST of an event: `url`, `event`,
+-- `status` the handler answered, or `error`) and the offline `queue`.
+-- @treturn table
 function Portal:events() return control(self, "GET", "/_fake/events") end
+
+--- Fires an event to its bindings (online ones get a form POST, offline
+-- ones a queue record), or to `url` only: `{ event =, data =, url =, auth = }`,
+-- `auth` overriding fields of the event's auth block.
+-- @tparam table t
+-- @treturn table what was fired
 function Portal:fire(t) return control(self, "POST", "/_fake/fire", t) end
+
+--- POSTs ONAPPINSTALL, with the tokens and the application token, to
+-- `t.url`; `t.auth` overrides fields of its auth block.
+-- @tparam table t
+-- @treturn table
 function Portal:install(t) return control(self, "POST", "/_fake/install", t) end
+
+--- POSTs ONAPPUNINSTALL (no tokens) to `t.url`; the app's bindings and
+-- queue go.
+-- @tparam table t `url`, and `clean`
+-- @treturn table
 function Portal:uninstall(t) return control(self, "POST", "/_fake/uninstall", t) end
 
--- Reset may issue new tokens, so refresh the copies on the object.
+--- Back to the initial data: empty log, no faults, no churn, the initial
+-- limits and costs. `{ tokens = true }` also issues new tokens,
+-- `{ leads = n }` generates n leads. Refreshes the token fields of the
+-- object (a reset may issue new tokens).
+-- @tparam[opt] table opts
+-- @treturn table `{ ok = true }`
 function Portal:reset(opts)
   local res = control(self, "POST", "/_fake/reset", opts or {})
   self:info()
   return res
 end
 
--- Idempotent. Stops nginx and removes its prefix.
+--- Stops nginx and removes its temporary directory; a second call does
+-- nothing.
 function Portal:stop()
   if self.stopped then return end
   self.stopped = true
@@ -450,22 +512,34 @@ local PORTAL_OPTIONS = { "rate", "burst", "op_limit", "op_cost", "op_bucket", "t
                          "client_id", "client_secret", "https_only", "leads", "latency", "call_cost",
                          "count_cost_per_1000_rows" }
 
---- Starts a portal. Options (all optional):
--- rate, burst, op_limit, op_cost, op_bucket, token_ttl, code, user_id, client_id, client_secret: passed to the portal logic;
--- data: path of a JSON data file; leads: generate this many leads instead of
--- the data set's (ids ascending with gaps, the same for the same count);
--- latency: seconds every REST answer waits; call_cost: seconds every method
--- call takes (each sub-call of a batch too); count_cost_per_1000_rows:
--- seconds a counted list call (start >= 0) takes per 1000 rows of its table.
--- The last three are real waits and count as processing and operating time
--- (bitrix24.fake.portal); all default to 0. tls (default true): also listen with HTTPS;
--- https_only: REST calls over plain http get 400 INVALID_REQUEST "Https
--- required." as on a real portal (needs tls; /_fake/ stays on http);
--- port, tls_port: fixed ports (default: free ones); timeout: seconds before nginx
--- stops by itself (default 900; false = never); owner_pid: nginx stops soon after
--- this process is gone (default: the calling Lua process; false = no watch);
--- lua_path: extra nginx lua_package_path entries, searched first (default
--- $B24_FAKE_LUA_PATH), e.g. to run a patched portal module.
+--- Starting a portal.
+-- @section start
+
+--- Starts a portal on free ports and waits until it answers.
+-- Options (all optional):
+--
+-- * `rate`, `burst`, `op_limit`, `op_cost`, `op_bucket`, `token_ttl`, `code`,
+--   `user_id`, `client_id`, `client_secret`: passed to the portal logic;
+-- * `data`: path of a JSON data file; `leads`: generate this many leads
+--   instead of the data set's (ids ascending with gaps, the same for the
+--   same count);
+-- * `latency`: seconds every REST answer waits; `call_cost`: seconds every
+--   method call takes (each sub-call of a batch too);
+--   `count_cost_per_1000_rows`: seconds a counted list call (start >= 0)
+--   takes per 1000 rows of its table. These three are real waits and count
+--   as processing and operating time (bitrix24.fake.portal); all default to 0;
+-- * `tls` (default true): also listen with HTTPS; `https_only`: REST calls
+--   over plain http get 400 INVALID_REQUEST "Https required." as on a real
+--   portal (needs tls; /\_fake/ stays on http);
+-- * `port`, `tls_port`: fixed ports (default: free ones); `timeout`: seconds
+--   before nginx stops by itself (default 900; false = never); `owner_pid`:
+--   nginx stops soon after this process is gone (default: the calling Lua
+--   process; false = no watch);
+-- * `lua_path`: extra nginx `lua_package_path` entries, searched first
+--   (default `$B24_FAKE_LUA_PATH`), e.g. to run a patched portal module.
+-- @tparam[opt] table opts
+-- @treturn Portal the started portal
+-- @raise when nginx with the Lua module is missing or does not start
 function M.start(opts)
   opts = opts or {}
   local tls = opts.tls ~= false
