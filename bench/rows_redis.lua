@@ -239,7 +239,8 @@ return function(B)
         and loads <= 6 and r.total == evalsha + loads }
     B.detail("Row 8b: leads split 4 x %s over plain-Lua processes and 2 x %s over GET /lead-contacts of "
       .. "docs/many-machines.md's nginx.conf (2 workers), all started at once; wall from the launch to the last "
-      .. "answer %.2f s, the portal's first to last request %.2f s; floor (requests - ceiling) / rate = "
+      .. "answer %.2f s, the portal's first to last request %.2f s (by nginx's cached clock, to the ms); "
+      .. "floor (requests - ceiling) / rate = "
       .. "(%d - %d) / %g = %.1f s. redis-server's INFO commandstats: %s (%d round trips for %d requests); "
       .. "nginx's fallback to its own budget: %d times.", B.fmt_int(math.floor(N.leads / 5)),
       B.fmt_int(math.floor(N.leads / 10)), r.wall, r.span, r.requests, N.burst, N.rate, floor, list(r.counts),
