@@ -394,6 +394,7 @@ local ctx = {
 }
 dofile(root .. "/bench/rows_pipeline.lua")(ctx)
 dofile(root .. "/bench/rows_export.lua")(ctx)
+dofile(root .. "/bench/rows_redis.lua")(ctx)
 
 end)
 
