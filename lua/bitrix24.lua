@@ -89,7 +89,7 @@ local function check_opts(opts)
       return nil, fail("opts.%s must be a %s, got %s", k, want, type(v))
     elseif want == "number" and not (v > 0) then
       return nil, fail("opts.%s must be positive, got %s", k, tostring(v))   -- NaN too
-    elseif want == "number" and v == math.huge and k ~= "max_response" then   -- (its own check below)
+    elseif want == "number" and v == math.huge then
       return nil, fail("opts.%s must be finite, got %s", k, tostring(v))
     elseif SECONDS[k] and v > MAX_SECONDS then
       return nil, fail("opts.%s must be at most %d seconds (a day), got %s", k, MAX_SECONDS, tostring(v))

@@ -156,7 +156,8 @@ describe("programmer errors", function()
 
   it("rejects a max_response that is not a whole number of bytes in [1, 1 GiB], in the client and the core", function()
     local core = require "bitrix24.core"
-    for _, bad in ipairs { 0.5, 1000.5, 2 ^ 30 + 1, 1 / 0 } do
+    -- (an infinite one is refused as not finite, with every number option, above)
+    for _, bad in ipairs { 0.5, 1000.5, 2 ^ 30 + 1 } do
       raises("opts%.max_response must be a whole number of bytes in %[1, 1 GiB%]", function()
         bitrix24.webhook("https://portal.example/rest/1/abcd1234/", support.opts { max_response = bad })
       end)
