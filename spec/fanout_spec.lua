@@ -9,20 +9,7 @@ local core = require "bitrix24.core"
 
 local ITEMS_GET = "crm.lead.contact.items.get"
 
-local function statuses(portal)
-  local count = {}
-  for _, r in ipairs(portal:requests()) do
-    local s = string.format("%d", r.status)
-    count[s] = (count[s] or 0) + 1
-  end
-  return count
-end
-
-local function ids(from, to)
-  local t = {}
-  for i = from, to do t[#t + 1] = i end
-  return t
-end
+local statuses, ids = support.statuses, support.ids
 
 -- n calls of items.get for leads 1..n (lead 13 answers ACCESS_DENIED).
 local function item_calls(n)

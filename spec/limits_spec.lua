@@ -8,20 +8,7 @@ local core = require "bitrix24.core"
 
 local ITEMS_GET = "crm.lead.contact.items.get"
 
-local function statuses(portal)
-  local count = {}
-  for _, r in ipairs(portal:requests()) do
-    local s = string.format("%d", r.status)
-    count[s] = (count[s] or 0) + 1
-  end
-  return count
-end
-
-local function ids(from, to)
-  local t = {}
-  for i = from, to do t[#t + 1] = i end
-  return t
-end
+local statuses, ids = support.statuses, support.ids
 
 -- The pacing specs run against a bucket ten times faster than the
 -- portal's real 2 requests/s, with the same ceiling in requests (10): the

@@ -376,4 +376,21 @@ function M.diff(got, ref, path)
   return nil
 end
 
+-- How many of the portal's requests got each HTTP status: { ["200"] = n, ... }.
+function M.statuses(portal)
+  local count = {}
+  for _, r in ipairs(portal:requests()) do
+    local s = string.format("%d", r.status)
+    count[s] = (count[s] or 0) + 1
+  end
+  return count
+end
+
+-- { from, from + 1, ..., to }
+function M.ids(from, to)
+  local t = {}
+  for i = from, to do t[#t + 1] = i end
+  return t
+end
+
 return M

@@ -11,7 +11,7 @@
 local core = require "bitrix24.core"
 local cjson = require "cjson"
 local errors = require "bitrix24.errors"
-local store = require "bitrix24.store"
+local stored = require "bitrix24.store"
 local fail = errors.message
 
 local json = cjson.new()
@@ -91,12 +91,6 @@ local function load_store(store, allow_http)
   return t
 end
 
-local function save_store(store, tokens)
-  local ok, done, err = pcall(store.save, store, tokens)
-  if not ok then return nil, tostring(done) end
-  if not done then return nil, tostring(err) end
-  return true
-end
 
 -- -> unlock function (a no-op for a store without lock) | nil, err
 local function lock_store(store)
@@ -124,7 +118,7 @@ local function seed(auth, allow_http)
   elseif why then
     ok, err = nil, why
   else
-    ok, err = save_store(store, auth:snapshot())
+    ok, err = stored.save_to(store, auth:snapshot())
   end
   pcall(unlock)
   return ok, err
@@ -299,7 +293,7 @@ local function refresh_locked(self, http, used, allow_http)
   local hook_ok, hook_err = true, nil
   if self.on_refresh then hook_ok, hook_err = pcall(self.on_refresh, tokens) end
   local saved, err = true, nil
-  if store then saved, err = save_store(store, tokens) end
+  if store then saved, err = stored.save_to(store, tokens) end
   if not hook_ok then error(hook_err, 0) end
   if not saved then
     return nil, "STORE_ERROR", "the token was refreshed but the store could not save it ("
@@ -352,7 +346,7 @@ function M.file_store(path)
     errors.raise(2, "file_store: path must be a non-empty string")
   end
   -- (saves are rare: each cleans up after killed writers)
-  local file = store.file(path, "always")
+  local file = stored.file(path, "always")
   return {
     path = path,
     -- A missing file is an empty store; one that cannot be read or is
@@ -380,12 +374,12 @@ end
 --- (several apps can share a dict).
 function M.shared_dict_store(dict, key)
   local why
-  dict, why = store.resolve(dict, "shared_dict_store")
+  dict, why = stored.resolve(dict, "shared_dict_store")
   if not dict then errors.raise(2, why) end
   local name = "bitrix24:tokens:" .. tostring(key or "default")
   -- The lock is held across the token request, so it expires after 30 s
   -- in case the worker holding it dies.
-  local entry = store.dict(dict, name, name .. ":lock", 30, 30, 0.005)
+  local entry = stored.dict(dict, name, name .. ":lock", 30, 30, 0.005)
   return {
     load = function()
       local there, t = entry:read()

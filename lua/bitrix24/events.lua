@@ -38,6 +38,7 @@
 local parse = require "bitrix24.events.parse"
 local trust = require "bitrix24.events.install"
 local errors = require "bitrix24.errors"
+local stored = require "bitrix24.store"
 
 local fail = errors.message
 
@@ -149,12 +150,6 @@ local function load(store)
   return type(t) == "table" and t or nil
 end
 
-local function save(store, t)
-  local ok, done, err = pcall(store.save, store, t)
-  if not ok then return nil, tostring(done) end
-  if not done then return nil, tostring(err) end
-  return true
-end
 
 -- The two stores of a portal (see the top of the file).
 local function stores(cfg, member_id)
@@ -191,9 +186,9 @@ local function install(cfg, auth, tokens_store, app_store, known)
   -- The tokens first: the install's own are dead once verify renewed
   -- them, and an app token without tokens would accept events for a
   -- portal we cannot call.
-  local ok, err = save(tokens_store, tokens)
+  local ok, err = stored.save_to(tokens_store, tokens)
   if ok then
-    ok, err = save(app_store, { application_token = auth.application_token, domain = auth.domain,
+    ok, err = stored.save_to(app_store, { application_token = auth.application_token, domain = auth.domain,
       client_endpoint = auth.client_endpoint, member_id = auth.member_id })
   end
   if not ok then return 500, "ONAPPINSTALL: the store failed: " .. errors.redact(err, { auth.access_token,
@@ -308,8 +303,8 @@ function M.receive(cfg, body, content_type)
     return 401, nil, "wrong or missing application_token"
   elseif name == "ONAPPUNINSTALL" then
     -- API access is already revoked (FACTS §12.6): nothing left to keep.
-    local ok, err = save(app_store, {})
-    if ok then ok, err = save(tokens_store, {}) end
+    local ok, err = stored.save_to(app_store, {})
+    if ok then ok, err = stored.save_to(tokens_store, {}) end
     if not ok then
       log(cfg, "bitrix24 events: ONAPPUNINSTALL: the store failed: " .. tostring(err))
       return 500, nil, "the store failed"

@@ -132,4 +132,16 @@ function M.locked(place, fn, ...)
   return unpack(r, 1, r.n)
 end
 
+---------------------------------------------------------------- token stores
+
+-- save(tokens) of a token store (ours or the caller's: bitrix24.oauth's
+-- `store`, the events' per-portal stores), which may fail or raise:
+-- -> true | nil, err, never raising.
+function M.save_to(s, t)
+  local ok, done, err = pcall(s.save, s, t)
+  if not ok then return nil, tostring(done) end
+  if not done then return nil, tostring(err) end
+  return true
+end
+
 return M

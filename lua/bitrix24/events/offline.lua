@@ -12,6 +12,7 @@
 -- (list them with event.offline.list, filter ERROR=1).
 
 local errors = require "bitrix24.errors"
+local stored = require "bitrix24.store"
 local binding = require "bitrix24.events.binding"
 
 local fail = errors.message
@@ -25,12 +26,6 @@ local function load(store)
   return type(t) == "table" and t or {}
 end
 
-local function save(store, t)
-  local ok, done, err = pcall(store.save, store, t)
-  if not ok then return nil, tostring(done) end
-  if not done then return nil, tostring(err) end
-  return true
-end
 
 local function store_error(why)
   return errors.new { code = "STORE_ERROR", method = "event.offline.get",
@@ -75,7 +70,7 @@ function M.consume(client, opts)
     if not res then return nil, err end
     local list = type(res.events) == "table" and res.events or {}
     if #list == 0 then
-      if pid then save(store, {}) end
+      if pid then stored.save_to(store, {}) end
       return handled, failed
     end
     local got = type(res.process_id) == "string" and res.process_id or pid
@@ -84,7 +79,7 @@ function M.consume(client, opts)
     -- then reports the store.
     local serr
     if got ~= pid then
-      local ok, e = save(store, { process_id = got })
+      local ok, e = stored.save_to(store, { process_id = got })
       if not ok then serr = e end
     end
     local ids, mids = {}, {}
@@ -108,7 +103,7 @@ function M.consume(client, opts)
       handled = handled + #ids
     end
     -- This process is done with: the next batch gets a fresh reservation.
-    local ok, e = save(store, {})
+    local ok, e = stored.save_to(store, {})
     if serr or not ok then return nil, store_error(serr or e) end
   end
   return handled, failed
