@@ -449,11 +449,13 @@ end
 
 ---------------------------------------------------------------- iteration
 
--- One round: the first `parallel` units that are waiting for rows each
--- send their next request (send returns the answers in order); each
--- unit keeps the rows of its answer until its turn comes.
-function Pager:round(queue, head, send, make_error)
-  local units, requests = {}, {}
+-- The window: the first `parallel` units from the head each have a
+-- request in flight whenever they have no rows left to give and are not
+-- done; an answer is taken (in the order the requests were added) only
+-- when the head unit needs rows, and a freed slot is refilled at once. A
+-- unit keeps the rows of one answer until its turn comes, so at most
+-- `parallel` answers' rows are held.
+function Pager:fill(queue, head, win, sent)
   for k = head, head + self.parallel - 1 do
     local unit = queue[k]
     if not unit then
@@ -462,40 +464,54 @@ function Pager:round(queue, head, send, make_error)
       queue[k] = unit
     end
     if unit.err then break end
-    if not unit.done and unit.pos > #unit.rows then
-      units[#units + 1], requests[#requests + 1] = unit, unit:request(self)
-    end
-  end
-  local answers = send(requests)
-  for n, unit in ipairs(units) do
-    local env, err = answers[n][1], answers[n][2]
-    local pages, rows
-    if env then pages, err = self:pages_of(requests[n], env, make_error) end
-    if pages then rows, err = unit:take(self, pages) end
-    unit.rows, unit.pos = rows or {}, 1
-    if err then
-      unit.err, unit.done = err, true
-      break
+    if not unit.done and not unit.asked and unit.pos > #unit.rows then
+      local req = unit:request(self)
+      win.add(req)
+      sent.last = sent.last + 1
+      unit.asked, sent[sent.last] = true, { unit, req }
     end
   end
 end
 
--- send(requests) -> answers: each request { method, params } (one plain
--- call) or { batch = { keys, cmd, methods } }, each answer { envelope }
--- or { nil, err }. make_error(code, description, method) builds the
--- error of a failed call inside a batch. The iterator returns each row;
--- on a failure it returns false, err once (after every row before it),
--- then ends.
-function Pager:iterator(send, make_error)
-  local queue, head, finished = {}, 1, false
+-- Takes the oldest answer and gives its rows (or its error) to its unit.
+function Pager:receive(win, sent, make_error)
+  local unit, req = sent[sent.first][1], sent[sent.first][2]
+  sent[sent.first], sent.first = nil, sent.first + 1
+  local env, err = win.take()
+  local pages, rows
+  if env then pages, err = self:pages_of(req, env, make_error) end
+  if pages then rows, err = unit:take(self, pages) end
+  unit.rows, unit.pos, unit.asked = rows or {}, 1, false
+  if err then unit.err, unit.done = err, true end
+end
+
+-- open() -> a window (fanout.window's add, take, close) taking requests
+-- { method, params } (one plain call) or { batch = { keys, cmd, methods } }.
+-- make_error(code, description, method) builds the error of a failed call
+-- inside a batch. The iterator returns each row; on a failure it returns
+-- false, err once (after every row before it), then ends.
+function Pager:iterator(open, make_error)
+  local queue, head, finished, win = {}, 1, false, nil
+  -- The units with a request in flight, in the order sent: sent[first..last].
+  local sent = { first = 1, last = 0 }
+  local function finish()
+    finished = true
+    if win then win.close() end
+  end
+  local function advance()
+    self:fill(queue, head, win, sent)
+    self:receive(win, sent, make_error)
+    self:fill(queue, head, win, sent)
+  end
   return function()
     if finished then return nil end
+    win = win or open()
     while true do
       local unit = queue[head]
       if not unit then
         unit = self:next_unit()
         if not unit then
-          finished = true
+          finish()
           return nil
         end
         queue[head] = unit
@@ -506,13 +522,17 @@ function Pager:iterator(send, make_error)
         return row
       end
       if unit.err then
-        finished = true
+        finish()
         return false, unit.err
       end
       if unit.done then
         queue[head], head = nil, head + 1
       else
-        self:round(queue, head, send, make_error)
+        local ok, err = pcall(advance)
+        if not ok then
+          finish()
+          error(err, 0)
+        end
       end
     end
   end
