@@ -35,7 +35,7 @@ local PAGE = 50        -- rows a list call answers
 local MAX_BATCH = 50   -- calls a batch may hold (FACTS §6)
 -- An id range of a parallel fast export is sized to fill this share of a
 -- batch: a range holding more rows than a batch costs one more request.
-local FILL = 0.9
+local FILL = 0.95
 
 local OPTIONS = {
   fast = "boolean", id_key = "string", progress = "function", page_batch = "number", parallel = "number",
@@ -257,6 +257,7 @@ function Pager:reference(key)
 end
 
 function Chain:request(pager)
+  if self.probe then return pager:probe_request() end
   -- After a short page inside a batch, one plain call looks for rows
   -- added meanwhile instead of a chain that would mostly be dropped.
   local size = self.confirm and 1 or pager.page_batch
@@ -278,6 +279,7 @@ end
 
 -- Takes the pages of one request; returns the good rows and an error.
 function Chain:take(pager, pages)
+  if self.probe then return self:take_probe(pager, pages) end
   local out = {}
   self.confirm = false
   for i, page in ipairs(pages) do
@@ -311,16 +313,17 @@ function Chain:take(pager, pages)
   return out
 end
 
--- Parallel fast mode first asks for the first page ascending and the last
--- page descending (one batch, no count): the first page is the export's
--- own, the two give the id range and how densely ids fill it.
-local Probe = {}
-Probe.__index = Probe
-
-function Probe:request(pager)
-  local desc = pager:fast_params(pager.start_id)
-  desc.order = { [pager.id_key] = "DESC" }
-  return pager:request { pager:fast_params(pager.start_id), desc }
+-- Parallel fast mode's first request is a chain from the start with the
+-- last page (ids descending) as its second call: that page and the
+-- chain's rows give the id range and how densely ids fill it, and the
+-- chain is the export's first range, ending at its last id.
+function Pager:probe_request()
+  local desc = self:fast_params(self.start_id)
+  desc.order = { [self.id_key] = "DESC" }
+  local list = { self:fast_params(self.start_id), desc }
+  -- (The call keyed p2 follows p0; each after it follows the one before.)
+  for i = 3, self.page_batch do list[i] = self:fast_params(self:reference("p" .. (i == 3 and 0 or i - 2))) end
+  return self:request(list)
 end
 
 -- How many ids the rows span from the first to the last (nil when one of
@@ -330,44 +333,48 @@ local function span(pager, rows)
   if a and b then return math.abs(b - a) + 1 end
 end
 
-function Probe:take(pager, pages)
-  local first = pages[1]
-  if first.err then return {}, first.err end
-  local rows = pager:rows_of(first.result)
-  if not pager:ascending(rows, pager.start_id) then
-    return {}, pager:bad("fast paging needs rows with increasing " .. pager.id_key)
-  end
-  pager:page_done(#rows)
-  self.done = true
-  if #rows < PAGE then return rows end
-  local cursor = tonumber(rows[#rows][pager.id_key])
+function Chain:take_probe(pager, pages)
+  self.probe = false
   local last_page = pages[2]
-  if last_page.err then return rows, last_page.err end
+  local chain = { pages[1] }
+  if last_page and last_page.err then
+    local out, err = self:take(pager, chain)
+    return out, err or last_page.err
+  end
+  for i = 3, #pages do chain[#chain + 1] = pages[i] end
+  local out, err = self:take(pager, chain)
+  -- The table ended inside the chain (or it failed): no ranges; this
+  -- chain goes on alone, as with parallel = 1.
+  if err or self.done or self.confirm then return out, err end
+  self.done = true
   local tail = pager:rows_of(last_page.result)
   local last = tail[1] and tonumber(tail[1][pager.id_key])
-  local ids, spread = #rows, span(pager, rows)
+  local ids, spread = #out, span(pager, out)
   if #tail > 1 and span(pager, tail) then ids, spread = ids + #tail, spread + span(pager, tail) end
-  pager.cursor, pager.last_id, pager.density = cursor, last or cursor, ids / spread
-  pager.first_id, pager.seen_to, pager.chain_rows = cursor, cursor, 0
-  return rows
+  pager.cursor, pager.last_id, pager.density = self.lo, last or self.lo, ids / spread
+  pager.first_id, pager.seen_to, pager.chain_rows = self.lo, self.lo, 0
+  return out
 end
 
--- The next id range: wide enough to fill a batch at the density seen so
--- far; the one that reaches the last id has no upper end, so rows added
--- during the export are found too.
+-- The next id range: the ids left up to the last one are cut into as few
+-- ranges as fill at most FILL of a batch each at the density seen so far,
+-- of equal width (no small range at the end); the one that reaches the
+-- last id has no upper end, so rows added during the export are found too.
 function Pager:next_range()
   local lo = self.cursor
   if not lo then return nil end
   local seen = self.seen_to > self.first_id and self.chain_rows > 1000
   local density = seen and self.chain_rows / (self.seen_to - self.first_id) or self.density
-  local width = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / math.min(math.max(density, 1e-6), 1)))
-  local hi = lo + width + 1
-  if hi > self.last_id + 1 then
+  local most = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / math.min(math.max(density, 1e-6), 1)))
+  local left = self.last_id - lo
+  local ranges = math.ceil(left / most)
+  if ranges <= 1 then
     self.cursor = nil
     return self:chain(lo, nil)
   end
-  self.cursor = hi - 1
-  return self:chain(lo, hi)
+  local width = math.ceil(left / ranges)
+  self.cursor = lo + width
+  return self:chain(lo, lo + width + 1)
 end
 
 ---------------------------------------------------------------- normal mode
@@ -428,7 +435,11 @@ function Pager:next_unit()
     if self.parallel == 1 then
       return self.units == 1 and self:chain(self.start_id, nil) or nil
     end
-    if self.units == 1 then return setmetatable({ rows = {}, pos = 1 }, Probe) end
+    if self.units == 1 then
+      local probe = self:chain(self.start_id, nil)
+      probe.probe = true
+      return probe
+    end
     return self:next_range()
   end
   if self.units == 1 then return setmetatable({ starts = { false }, first = true, rows = {}, pos = 1 }, Offsets) end
