@@ -5,7 +5,9 @@
 -- err) for each, in the order of `requests` (an answer that comes early
 -- waits for those before it), so callers see the same order as one by
 -- one. on_each returning false stops the rest: what is in flight is
--- aborted, nothing more is sent.
+-- aborted, nothing more is sent. window(c, parallel) is the same for work
+-- whose next request depends on the answers so far: requests are added
+-- while others are in flight (client:each's sliding window).
 --
 -- How requests are in flight together depends on where the code runs:
 --   parallel = 1, or a transport of the caller's own: one after the other,
