@@ -499,23 +499,26 @@ function Client:lead_contacts(ids, opts)
   return batch.by_lead(keys, results, err)
 end
 
--- Sends the requests of client:each, up to `parallel` in flight, and
--- returns their answers in the same order, each { envelope } or { nil, err }.
-local function send_pages(self, requests, parallel)
-  local list = {}
-  for i, r in ipairs(requests) do
-    if r.batch then
-      list[i] = { method = "batch", body = batch.body(r.batch.keys, r.batch.cmd, true), subcalls = r.batch.methods }
-    else
-      -- Checked with the caller's params: pages only add paging keys.
-      local body, bad = json_body(self, r.method, r.params)
-      if not body then errors.raise(1, bad) end
-      list[i] = { method = r.method, body = body }
-    end
+-- The pipeline request of one of client:each's requests: { method,
+-- params } (one plain call) or { batch = { keys, cmd, methods } }.
+local function page_request(self, r)
+  if r.batch then
+    return pipeline.request(self, "batch", batch.body(r.batch.keys, r.batch.cmd, true), r.batch.methods)
   end
-  local answers = {}
-  self:_send_all(list, parallel, function(i, env, err) answers[i] = { env, err } end)
-  return answers
+  -- Checked with the caller's params: pages only add paging keys.
+  local body, bad = json_body(self, r.method, r.params)
+  if not body then errors.raise(1, bad) end
+  return pipeline.request(self, r.method, body)
+end
+
+-- A window of client:each's requests, up to `parallel` in flight (see
+-- fanout.window): add(r) queues one, take() returns the oldest answer.
+local function page_window(self, parallel)
+  local w = fanout.window(self, parallel)
+  return {
+    add = function(r) w.add(page_request(self, r)) end,
+    take = w.take, close = w.close,
+  }
 end
 
 --- Iterates over every row of a list method, in batches of list calls:
@@ -533,7 +536,7 @@ function Client:each(method, params, opts)
   local pager, why
   if body then pager, why = paging.new(method, checked, opts, self._parallel) else why = checked end
   if not pager then errors.raise(2, why) end
-  return pager:iterator(function(requests) return send_pages(self, requests, #requests) end,
+  return pager:iterator(function() return page_window(self, pager.parallel) end,
     function(code, description, m) return fail_error(self._auth, m, code, description) end)
 end
 

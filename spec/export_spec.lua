@@ -395,10 +395,23 @@ describe("client:each export", function()
       local ids, errs = export { fast = true, parallel = 4 }
       assert.same({}, errs)
       assert.same(generated(10000), ids)
-      -- One batch finds the first and last ids; ranges are sized to fill 90%
-      -- of a batch.
+      -- The first batch finds the first and last ids; ranges are sized to
+      -- fill at most 95% of a batch.
       assert.is_true(requests() <= 9, requests() .. " requests")
       for _, p in ipairs(list_calls()) do assert.equal(-1, tonumber(p.start)) end
+    end)
+
+    it("fast mode: a table that ends inside the first request's chain, or just after it", function()
+      -- The first request is a chain of 49 pages from the start (2,450 rows)
+      -- beside the last page: a table ending in it needs no id ranges.
+      for _, n in ipairs { 49, 50, 1000, 2449, 2450, 2451, 2500 } do
+        portal:reset { leads = n }
+        local ids, errs = export { fast = true, parallel = 4 }
+        assert.same({}, errs)
+        assert.same(generated(n), ids)
+        local most = n <= 2451 and 2 or 3
+        assert.is_true(requests() <= most, n .. " leads: " .. requests() .. " requests")
+      end
     end)
 
     it("fast mode with leads deleted and added during the export", function()

@@ -154,6 +154,74 @@ describe("fan-out", function()
     end)
   end)
 
+  describe("a window (fanout.window)", function()
+    local fanout = require "bitrix24.fanout"
+    local pipeline = require "bitrix24.pipeline"
+    local cjson = require "cjson"
+
+    local function items(c, id)
+      return pipeline.request(c, ITEMS_GET, cjson.encode { id = id })
+    end
+
+    it("takes requests added while others are in flight, answers in the order added, at most parallel at once",
+      function()
+        local c = client()
+        local w = fanout.window(c, 3)
+        for id = 1, 3 do w.add(items(c, id)) end
+        local got = {}
+        -- Each answer taken lets one more in: 12 requests, 3 in flight.
+        for id = 4, 12 do
+          local env, err = w.take()
+          got[#got + 1] = env and env.result or err.code
+          w.add(items(c, id))
+        end
+        for _ = 1, 3 do
+          local env, err = w.take()
+          got[#got + 1] = env and env.result or err.code
+        end
+        for id = 1, 12 do
+          assert.same(assert(c:call(ITEMS_GET, { id = id })), got[id])
+        end
+        -- Every answer takes 50 ms: no 50 ms holds more than 3 arrivals.
+        local times = {}
+        for i, r in ipairs(portal:requests()) do
+          if i <= 12 then times[#times + 1] = r.time end
+        end
+        table.sort(times)
+        for i = 4, #times do assert.is_true(times[i] - times[i - 3] > 0.04, "4 arrivals within 40 ms") end
+        c:close()
+      end)
+
+    it("an export left early with requests in flight does not disturb the next fan-out", function()
+      portal:reset { leads = 1000 }
+      local c = client()
+      local n = 0
+      for _ in c:each("crm.lead.list", { select = { "ID" } }, { parallel = 4, page_batch = 1 }) do
+        n = n + 1
+        if n == 60 then break end
+      end
+      local results, errs = c:calls(item_calls(8), { parallel = 4 })
+      for id = 1, 8 do
+        assert.is_nil(errs[id])
+        assert.same(assert(c:call(ITEMS_GET, { id = id })), results[id])
+      end
+      c:close()
+    end)
+
+    it("close() lets the requests in flight go, and the client goes on", function()
+      local c = client()
+      local w = fanout.window(c, 4)
+      for id = 1, 8 do w.add(items(c, id)) end
+      assert.is_table((w.take()))
+      w.close()
+      local rows = assert(c:call(ITEMS_GET, { id = 2 }))
+      assert.is_table(rows)
+      -- Only those in flight reached the portal: the 4 first and the call.
+      assert.is_true(#portal:requests() <= 6, #portal:requests() .. " requests")
+      c:close()
+    end)
+  end)
+
   describe("OAuth", function()
     it("an expired token met by many calls in flight is refreshed once", function()
       portal:reset { tokens = true }

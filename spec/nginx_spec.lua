@@ -563,6 +563,22 @@ describe("inside nginx #nginx", function()
     end)
   end)
 
+  describe("client:each with parallel #nginx", function()
+    it("keeps a window of requests in threads: the same ids as one at a time, and leaving early is clean", function()
+      portal:reset { leads = 3000 }
+      for _, fast in ipairs { "1", "0" } do
+        local r = get_json(base .. "/t/each?parallel=3&page_batch=4&fast=" .. fast)
+        assert.equal(3000, #r.one)
+        assert.same(r.one, r.together)
+        r = get_json(base .. "/t/each?parallel=3&page_batch=4&stop=450&fast=" .. fast)
+        assert.equal(450, #r.together)
+        for i = 1, 450 do assert.equal(r.one[i], r.together[i]) end
+        assert.is_true(r.after)
+      end
+      portal:reset {}
+    end)
+  end)
+
   describe("phases without cosockets", function()
     it("a call in init_worker_by_lua raises an error naming the phase", function()
       assert.is_true(log_has("cannot call Bitrix24 in nginx's init_worker phase"), error_log())

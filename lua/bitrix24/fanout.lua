@@ -5,7 +5,9 @@
 -- err) for each, in the order of `requests` (an answer that comes early
 -- waits for those before it), so callers see the same order as one by
 -- one. on_each returning false stops the rest: what is in flight is
--- aborted, nothing more is sent.
+-- aborted, nothing more is sent. window(c, parallel) is the same for work
+-- whose next request depends on the answers so far: requests are added
+-- while others are in flight (client:each's sliding window).
 --
 -- How requests are in flight together depends on where the code runs:
 --   parallel = 1, or a transport of the caller's own: one after the other,
@@ -94,6 +96,9 @@ local function pack(...) return { n = select("#", ...), ... } end
 -- closes it.
 local function multi_of(c, parallel)
   local m = rawget(c, "_multi_handle")
+  -- (An export left early leaves its window's transfers behind: they are
+  -- let go, or their answers would come to the next fan-out.)
+  if m and m:in_flight() > 0 then m:abort() end
   if m and c._multi_parallel >= parallel then return m end
   if m then m:close() end
   local o = { parallel = parallel }
@@ -212,6 +217,144 @@ local function run_threads(c, requests, parallel, on_each)
   -- goes back to the connection pool.
   for _, t in ipairs(live) do thread.kill(t[1]) end
   if not ok then error(err, 0) end
+end
+
+---------------------------------------------------------------- a window
+
+-- window(c, parallel): requests added while others are in flight, for work
+-- whose next request depends on the answers so far (client:each). add(req)
+-- queues a pipeline request; take() sends what is queued, up to
+-- `parallel` in flight, and returns the envelope and error of the oldest
+-- request not yet taken (answers come in the order of add; nothing is sent
+-- between calls of take); close() aborts what is still in flight.
+
+local function sequential_window(c)
+  local reqs, n, taken = {}, 0, 0
+  return {
+    add = function(req) n = n + 1; reqs[n] = req end,
+    take = function()
+      taken = taken + 1
+      local req = reqs[taken]
+      reqs[taken] = nil
+      return pipeline.run(c, req, direct_io(c))
+    end,
+    close = function() end,
+  }
+end
+
+local function multi_window(c, parallel)
+  local m = multi_of(c, parallel)
+  local reqs, n, results, taken, started, active = {}, 0, {}, 0, 0, 0
+  local waiting, sleeping, threads = {}, {}, {}
+  local function closed() return not rawget(c, "_http") end
+
+  local function resume(i, ...)
+    local r = pack(coroutine.resume(threads[i], ...))
+    if not r[1] then error(r[2], 0) end
+    if coroutine.status(threads[i]) == "dead" then
+      threads[i], active = nil, active - 1
+      results[i] = { r[2], r[3] }
+    elseif r[2] == "send" then
+      waiting[m:start(r[3], r[4], r[5], r[6])] = i
+    else
+      sleeping[i] = runtime.now() + r[3]
+    end
+  end
+
+  -- One turn of the scheduler: starts what may start, then resumes the
+  -- requests that are due or waits for the next answer.
+  local function step()
+    while started < n and active < parallel do
+      started, active = started + 1, active + 1
+      local i = started
+      threads[i] = coroutine.create(function() return pipeline.run(c, reqs[i], coroutine_io) end)
+      resume(i)
+    end
+    if results[taken + 1] then return end
+    local now, wake, due = runtime.now(), math.huge, {}
+    for i, at in pairs(sleeping) do
+      if at <= now then due[#due + 1] = i elseif at < wake then wake = at end
+    end
+    if #due > 0 then
+      table.sort(due)
+      for _, i in ipairs(due) do
+        sleeping[i] = nil
+        resume(i)
+      end
+    elseif m:in_flight() > 0 then
+      local w = pack(m:wait(math.min(math.max(wake - now, 0), 60)))
+      if w.n > 0 then
+        local i = waiting[w[1]]
+        waiting[w[1]] = nil
+        resume(i, unpack(w, 2, w.n))
+      end
+    elseif wake < math.huge then
+      runtime.sleep(math.max(wake - now, 0))
+    end
+  end
+
+  local function close()
+    if not closed() and m:in_flight() > 0 then m:abort() end
+  end
+  return {
+    add = function(req) n = n + 1; reqs[n] = req end,
+    take = function()
+      local i = taken + 1
+      local ok, err = pcall(function()
+        while not results[i] do
+          if closed() then
+            -- (close() has closed the multi handle: its transfers are gone)
+            results[i] = { nil, cancelled(c, reqs[i]) }
+          else
+            step()
+          end
+        end
+      end)
+      if not ok then close(); error(err, 0) end
+      taken = i
+      local r = results[i]
+      results[i], reqs[i] = nil, nil
+      return r[1], r[2]
+    end,
+    close = close,
+  }
+end
+
+local function thread_window(c, parallel)
+  local thread = runtime.ngx.thread
+  local reqs, n, taken, started, live = {}, 0, 0, 0, {}
+  local io = direct_io(c)
+  local function one(req) return pipeline.run(c, req, io) end
+  local function close()
+    -- A killed thread's cosocket is closed by ngx_lua: nothing half-read
+    -- goes back to the connection pool.
+    for i, t in pairs(live) do thread.kill(t); live[i] = nil end
+  end
+  return {
+    add = function(req) n = n + 1; reqs[n] = req end,
+    take = function()
+      local i = taken + 1
+      while started < n and started - taken < parallel and rawget(c, "_http") do
+        started = started + 1
+        live[started] = thread.spawn(one, reqs[started])
+      end
+      local req = reqs[i]
+      reqs[i], taken = nil, i
+      if not live[i] then return nil, cancelled(c, req) end
+      local done, env, err = thread.wait(live[i])
+      live[i] = nil
+      if not done then close(); error(env, 0) end
+      return env, err
+    end,
+    close = close,
+  }
+end
+
+function M.window(c, parallel)
+  parallel = parallel or 1
+  if parallel <= 1 or c._transport_kind == "custom" then return sequential_window(c) end
+  if c._transport_kind == "nginx" then return thread_window(c, parallel) end
+  return multi_window(c, parallel)
 end
 
 ---------------------------------------------------------------- the entry

@@ -35,7 +35,7 @@ local PAGE = 50        -- rows a list call answers
 local MAX_BATCH = 50   -- calls a batch may hold (FACTS §6)
 -- An id range of a parallel fast export is sized to fill this share of a
 -- batch: a range holding more rows than a batch costs one more request.
-local FILL = 0.9
+local FILL = 0.95
 
 local OPTIONS = {
   fast = "boolean", id_key = "string", progress = "function", page_batch = "number", parallel = "number",
@@ -257,6 +257,7 @@ function Pager:reference(key)
 end
 
 function Chain:request(pager)
+  if self.probe then return pager:probe_request() end
   -- After a short page inside a batch, one plain call looks for rows
   -- added meanwhile instead of a chain that would mostly be dropped.
   local size = self.confirm and 1 or pager.page_batch
@@ -278,6 +279,7 @@ end
 
 -- Takes the pages of one request; returns the good rows and an error.
 function Chain:take(pager, pages)
+  if self.probe then return self:take_probe(pager, pages) end
   local out = {}
   self.confirm = false
   for i, page in ipairs(pages) do
@@ -311,16 +313,17 @@ function Chain:take(pager, pages)
   return out
 end
 
--- Parallel fast mode first asks for the first page ascending and the last
--- page descending (one batch, no count): the first page is the export's
--- own, the two give the id range and how densely ids fill it.
-local Probe = {}
-Probe.__index = Probe
-
-function Probe:request(pager)
-  local desc = pager:fast_params(pager.start_id)
-  desc.order = { [pager.id_key] = "DESC" }
-  return pager:request { pager:fast_params(pager.start_id), desc }
+-- Parallel fast mode's first request is a chain from the start with the
+-- last page (ids descending) as its second call: that page and the
+-- chain's rows give the id range and how densely ids fill it, and the
+-- chain is the export's first range, ending at its last id.
+function Pager:probe_request()
+  local desc = self:fast_params(self.start_id)
+  desc.order = { [self.id_key] = "DESC" }
+  local list = { self:fast_params(self.start_id), desc }
+  -- (The call keyed p2 follows p0; each after it follows the one before.)
+  for i = 3, self.page_batch do list[i] = self:fast_params(self:reference("p" .. (i == 3 and 0 or i - 2))) end
+  return self:request(list)
 end
 
 -- How many ids the rows span from the first to the last (nil when one of
@@ -330,44 +333,48 @@ local function span(pager, rows)
   if a and b then return math.abs(b - a) + 1 end
 end
 
-function Probe:take(pager, pages)
-  local first = pages[1]
-  if first.err then return {}, first.err end
-  local rows = pager:rows_of(first.result)
-  if not pager:ascending(rows, pager.start_id) then
-    return {}, pager:bad("fast paging needs rows with increasing " .. pager.id_key)
-  end
-  pager:page_done(#rows)
-  self.done = true
-  if #rows < PAGE then return rows end
-  local cursor = tonumber(rows[#rows][pager.id_key])
+function Chain:take_probe(pager, pages)
+  self.probe = false
   local last_page = pages[2]
-  if last_page.err then return rows, last_page.err end
+  local chain = { pages[1] }
+  if last_page and last_page.err then
+    local out, err = self:take(pager, chain)
+    return out, err or last_page.err
+  end
+  for i = 3, #pages do chain[#chain + 1] = pages[i] end
+  local out, err = self:take(pager, chain)
+  -- The table ended inside the chain (or it failed): no ranges; this
+  -- chain goes on alone, as with parallel = 1.
+  if err or self.done or self.confirm then return out, err end
+  self.done = true
   local tail = pager:rows_of(last_page.result)
   local last = tail[1] and tonumber(tail[1][pager.id_key])
-  local ids, spread = #rows, span(pager, rows)
+  local ids, spread = #out, span(pager, out)
   if #tail > 1 and span(pager, tail) then ids, spread = ids + #tail, spread + span(pager, tail) end
-  pager.cursor, pager.last_id, pager.density = cursor, last or cursor, ids / spread
-  pager.first_id, pager.seen_to, pager.chain_rows = cursor, cursor, 0
-  return rows
+  pager.cursor, pager.last_id, pager.density = self.lo, last or self.lo, ids / spread
+  pager.first_id, pager.seen_to, pager.chain_rows = self.lo, self.lo, 0
+  return out
 end
 
--- The next id range: wide enough to fill a batch at the density seen so
--- far; the one that reaches the last id has no upper end, so rows added
--- during the export are found too.
+-- The next id range: the ids left up to the last one are cut into as few
+-- ranges as fill at most FILL of a batch each at the density seen so far,
+-- of equal width (no small range at the end); the one that reaches the
+-- last id has no upper end, so rows added during the export are found too.
 function Pager:next_range()
   local lo = self.cursor
   if not lo then return nil end
   local seen = self.seen_to > self.first_id and self.chain_rows > 1000
   local density = seen and self.chain_rows / (self.seen_to - self.first_id) or self.density
-  local width = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / math.min(math.max(density, 1e-6), 1)))
-  local hi = lo + width + 1
-  if hi > self.last_id + 1 then
+  local most = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / math.min(math.max(density, 1e-6), 1)))
+  local left = self.last_id - lo
+  local ranges = math.ceil(left / most)
+  if ranges <= 1 then
     self.cursor = nil
     return self:chain(lo, nil)
   end
-  self.cursor = hi - 1
-  return self:chain(lo, hi)
+  local width = math.ceil(left / ranges)
+  self.cursor = lo + width
+  return self:chain(lo, lo + width + 1)
 end
 
 ---------------------------------------------------------------- normal mode
@@ -428,7 +435,11 @@ function Pager:next_unit()
     if self.parallel == 1 then
       return self.units == 1 and self:chain(self.start_id, nil) or nil
     end
-    if self.units == 1 then return setmetatable({ rows = {}, pos = 1 }, Probe) end
+    if self.units == 1 then
+      local probe = self:chain(self.start_id, nil)
+      probe.probe = true
+      return probe
+    end
     return self:next_range()
   end
   if self.units == 1 then return setmetatable({ starts = { false }, first = true, rows = {}, pos = 1 }, Offsets) end
@@ -449,11 +460,13 @@ end
 
 ---------------------------------------------------------------- iteration
 
--- One round: the first `parallel` units that are waiting for rows each
--- send their next request (send returns the answers in order); each
--- unit keeps the rows of its answer until its turn comes.
-function Pager:round(queue, head, send, make_error)
-  local units, requests = {}, {}
+-- The window: the first `parallel` units from the head each have a
+-- request in flight whenever they have no rows left to give and are not
+-- done; an answer is taken (in the order the requests were added) only
+-- when the head unit needs rows, and a freed slot is refilled at once. A
+-- unit keeps the rows of one answer until its turn comes, so at most
+-- `parallel` answers' rows are held.
+function Pager:fill(queue, head, win, sent)
   for k = head, head + self.parallel - 1 do
     local unit = queue[k]
     if not unit then
@@ -462,40 +475,54 @@ function Pager:round(queue, head, send, make_error)
       queue[k] = unit
     end
     if unit.err then break end
-    if not unit.done and unit.pos > #unit.rows then
-      units[#units + 1], requests[#requests + 1] = unit, unit:request(self)
-    end
-  end
-  local answers = send(requests)
-  for n, unit in ipairs(units) do
-    local env, err = answers[n][1], answers[n][2]
-    local pages, rows
-    if env then pages, err = self:pages_of(requests[n], env, make_error) end
-    if pages then rows, err = unit:take(self, pages) end
-    unit.rows, unit.pos = rows or {}, 1
-    if err then
-      unit.err, unit.done = err, true
-      break
+    if not unit.done and not unit.asked and unit.pos > #unit.rows then
+      local req = unit:request(self)
+      win.add(req)
+      sent.last = sent.last + 1
+      unit.asked, sent[sent.last] = true, { unit, req }
     end
   end
 end
 
--- send(requests) -> answers: each request { method, params } (one plain
--- call) or { batch = { keys, cmd, methods } }, each answer { envelope }
--- or { nil, err }. make_error(code, description, method) builds the
--- error of a failed call inside a batch. The iterator returns each row;
--- on a failure it returns false, err once (after every row before it),
--- then ends.
-function Pager:iterator(send, make_error)
-  local queue, head, finished = {}, 1, false
+-- Takes the oldest answer and gives its rows (or its error) to its unit.
+function Pager:receive(win, sent, make_error)
+  local unit, req = sent[sent.first][1], sent[sent.first][2]
+  sent[sent.first], sent.first = nil, sent.first + 1
+  local env, err = win.take()
+  local pages, rows
+  if env then pages, err = self:pages_of(req, env, make_error) end
+  if pages then rows, err = unit:take(self, pages) end
+  unit.rows, unit.pos, unit.asked = rows or {}, 1, false
+  if err then unit.err, unit.done = err, true end
+end
+
+-- open() -> a window (fanout.window's add, take, close) taking requests
+-- { method, params } (one plain call) or { batch = { keys, cmd, methods } }.
+-- make_error(code, description, method) builds the error of a failed call
+-- inside a batch. The iterator returns each row; on a failure it returns
+-- false, err once (after every row before it), then ends.
+function Pager:iterator(open, make_error)
+  local queue, head, finished, win = {}, 1, false, nil
+  -- The units with a request in flight, in the order sent: sent[first..last].
+  local sent = { first = 1, last = 0 }
+  local function finish()
+    finished = true
+    if win then win.close() end
+  end
+  local function advance()
+    self:fill(queue, head, win, sent)
+    self:receive(win, sent, make_error)
+    self:fill(queue, head, win, sent)
+  end
   return function()
     if finished then return nil end
+    win = win or open()
     while true do
       local unit = queue[head]
       if not unit then
         unit = self:next_unit()
         if not unit then
-          finished = true
+          finish()
           return nil
         end
         queue[head] = unit
@@ -506,13 +533,17 @@ function Pager:iterator(send, make_error)
         return row
       end
       if unit.err then
-        finished = true
+        finish()
         return false, unit.err
       end
       if unit.done then
         queue[head], head = nil, head + 1
       else
-        self:round(queue, head, send, make_error)
+        local ok, err = pcall(advance)
+        if not ok then
+          finish()
+          error(err, 0)
+        end
       end
     end
   end

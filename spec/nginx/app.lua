@@ -170,6 +170,28 @@ function T.fanout()
   return reply(out)
 end
 
+-- crm.lead.list through client:each with opts.parallel, beside the same
+-- export one request at a time: both id lists. stop=N leaves the parallel
+-- export after N rows (its requests in flight are let go), then a call
+-- shows the client still works.
+function T.each()
+  local client = bitrix24.webhook(config.webhook_url, client_opts())
+  local opts = { fast = args.fast == "1", page_batch = tonumber(args.page_batch or 50) }
+  local function export(parallel, stop)
+    local ids = {}
+    opts.parallel = parallel
+    for row, err in client:each("crm.lead.list", { select = { "ID" } }, opts) do
+      if not row then error(tostring(err.code)) end
+      ids[#ids + 1] = tonumber(row.ID)
+      if stop and #ids == stop then break end
+    end
+    return ids
+  end
+  local out = { one = export(1), together = export(tonumber(args.parallel or 4), tonumber(args.stop)) }
+  if args.stop then out.after = outcome(client:call("crm.lead.contact.fields")).ok end
+  return reply(out)
+end
+
 function T.hits()
   local dict, out = ngx.shared.spec, {}
   for _, k in ipairs(dict:get_keys(0)) do
