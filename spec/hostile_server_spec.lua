@@ -145,6 +145,14 @@ describe("core.multi's abort", function()
   setup(function() server, base = start_server() end)
   teardown(function() child.stop(server) end)
 
+  -- Resident memory says nothing under ASan or valgrind (their allocators
+  -- keep what is freed, and ASan bounds a single allocation): there the
+  -- abort path is covered by spec/multi_spec.lua and spec/leakcheck.lua.
+  if not rss_tells() then
+    pending("resident memory is not observable under ASan or valgrind")
+    return
+  end
+
   it("gives back the buffer of a large half-read answer at once", function()
     local m = core.multi { timeout = 10, max_response = 512 * 1024 * 1024 }
     local before = rss_kib()
@@ -157,10 +165,8 @@ describe("core.multi's abort", function()
     assert.is_true(rss_kib() - before >= 32 * 1024, "32 MiB of the answer never came in")
     assert.equal(1, m:abort(ticket))
     assert.equal(0, m:in_flight())
-    if rss_tells() then
-      local grown = rss_kib() - before
-      assert.is_true(grown < 16 * 1024, string.format("still %d KiB more resident after the abort", grown))
-    end
+    local grown = rss_kib() - before
+    assert.is_true(grown < 16 * 1024, string.format("still %d KiB more resident after the abort", grown))
     m:close()
   end)
 end)
