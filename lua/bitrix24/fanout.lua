@@ -1,13 +1,12 @@
 -- Many requests in flight, each through the one pipeline.
 --
--- run(c, requests, parallel, on_each) sends requests (pipeline.request
--- states) with at most `parallel` in flight and calls on_each(i, envelope,
--- err) for each, in the order of `requests` (an answer that comes early
--- waits for those before it), so callers see the same order as one by
--- one. on_each returning false stops the rest: what is in flight is
--- aborted, nothing more is sent. window(c, parallel) is the same for work
--- whose next request depends on the answers so far: requests are added
--- while others are in flight (client:each's sliding window).
+-- window(c, parallel) holds requests (pipeline.request states) added one
+-- by one, at most `parallel` in flight, and gives their answers back in
+-- the order added; client:each adds a request when an answer says what
+-- to ask next. run(c, requests, parallel, on_each) is a window with every
+-- request added at once: on_each(i, envelope, err) sees them in the order
+-- of `requests`, as one by one would; on_each returning false stops the
+-- rest (what is in flight is aborted, nothing more is sent).
 --
 -- How requests are in flight together depends on where the code runs:
 --   parallel = 1, or a transport of the caller's own: one after the other,
@@ -45,21 +44,6 @@ function M.check(v, who)
   return nil
 end
 
--- Delivers finished requests in input order. results[i] = { env, err }.
--- Returns false once on_each asked to stop.
-local function deliverer(results, on_each)
-  local next_out = 1
-  return function()
-    while results[next_out] do
-      local r, i = results[next_out], next_out
-      results[i] = true   -- delivered: the slot stays taken, the answer is let go
-      next_out = i + 1
-      if on_each(i, r[1], r[2]) == false then return false end
-    end
-    return true
-  end, function() return next_out end
-end
-
 local cancelled = pipeline.cancelled
 
 --- The blocking transport as the pipeline's io.
@@ -71,12 +55,32 @@ function M.io(c)
 end
 local direct_io = M.io
 
-local function run_sequential(c, requests, on_each)
-  local io = direct_io(c)
-  for i, req in ipairs(requests) do
-    local env, err = pipeline.run(c, req, io)
-    if on_each(i, env, err) == false then return end
-  end
+---------------------------------------------------------------- the windows
+
+-- window(c, parallel) -> { add, take, pump, close }: add(req) queues a pipeline
+-- request and sends it at once when fewer than `parallel` are in flight
+-- (else as soon as one ends); take() returns the envelope and error of the
+-- oldest request not yet taken, running the others meanwhile; pump()
+-- moves the transfers on without waiting (for a caller busy between
+-- takes); close()
+-- aborts what is still in flight. Answers that come early wait for those
+-- before them, and at most AHEAD * parallel requests are started past the
+-- oldest not taken (a slow one cannot make the rest pile up).
+local AHEAD = 4
+
+local function sequential_window(c)
+  local reqs, n, taken = {}, 0, 0
+  return {
+    add = function(req) n = n + 1; reqs[n] = req end,
+    take = function()
+      taken = taken + 1
+      local req = reqs[taken]
+      reqs[taken] = nil
+      return pipeline.run(c, req, direct_io(c))
+    end,
+    pump = function() end,
+    close = function() end,
+  }
 end
 
 ---------------------------------------------------------------- plain Lua
@@ -108,14 +112,15 @@ local function multi_of(c, parallel)
   return m
 end
 
-local function run_multi(c, requests, parallel, on_each)
+-- Each request's pipeline is a coroutine; its send starts a transfer on
+-- the multi handle and its sleep files it under the time it wakes up.
+local function multi_window(c, parallel)
   local m = multi_of(c, parallel)
-  local n, results, started = #requests, {}, 0
-  local deliver, delivered = deliverer(results, on_each)
+  local reqs, n, results, taken, started, active = {}, 0, {}, 0, 0, 0
   local waiting = {}    -- ticket -> index of the coroutine waiting for it
   local sleeping = {}   -- index -> time it wakes up
   local threads = {}    -- index -> coroutine
-  local active = 0      -- coroutines started and not finished
+  local function closed() return not rawget(c, "_http") end
 
   -- Resumes coroutine i with the values it waited for, then files it
   -- under what it waits for next, or its result.
@@ -132,145 +137,25 @@ local function run_multi(c, requests, parallel, on_each)
     end
   end
 
-  local function closed() return not rawget(c, "_http") end
-
-  local function step()
-    -- (Answers wait for those before them: the window bounds how many.)
-    while started < n and active < parallel and started < delivered() + parallel * 4 do
-      started, active = started + 1, active + 1
-      local i = started
-      threads[i] = coroutine.create(function() return pipeline.run(c, requests[i], coroutine_io) end)
+  -- Starts the requests that may start; true when one did.
+  local function start()
+    local any = false
+    while started < n and active < parallel and started <= taken + parallel * AHEAD do
+      started, active, any = started + 1, active + 1, true
+      local i, req = started, reqs[started]
+      threads[i] = coroutine.create(function() return pipeline.run(c, req, coroutine_io) end)
       resume(i)
     end
-    if deliver() == false or closed() then return false end
-    local now, wake = runtime.now(), math.huge
-    local due = {}
-    for i, at in pairs(sleeping) do
-      if at <= now then due[#due + 1] = i elseif at < wake then wake = at end
-    end
-    if #due > 0 then
-      table.sort(due)
-      for _, i in ipairs(due) do
-        sleeping[i] = nil
-        resume(i)
-      end
-      return true
-    end
-    if m:in_flight() > 0 then
-      local w = pack(m:wait(math.min(math.max(wake - now, 0), 60)))
-      if w.n > 0 then
-        local i = waiting[w[1]]
-        waiting[w[1]] = nil
-        resume(i, unpack(w, 2, w.n))
-      end
-    elseif wake < math.huge then
-      runtime.sleep(math.max(wake - now, 0))
-    end
-    return true
+    return any
   end
 
-  local ok, err = pcall(function()
-    while delivered() <= n and step() do end
-  end)
-  if not closed() then
-    if m:in_flight() > 0 then m:abort() end
-  elseif ok then
-    -- (close() has closed the multi handle: its transfers are gone)
-    for i = delivered(), n do results[i] = results[i] or { nil, cancelled(c, requests[i]) } end
-    deliver()
-  end
-  if not ok then error(err, 0) end
-end
-
----------------------------------------------------------------- nginx
-
-local function run_threads(c, requests, parallel, on_each)
-  local thread = runtime.ngx.thread
-  local n, results, started, live = #requests, {}, 0, {}
-  local deliver = deliverer(results, on_each)
-  local io = direct_io(c)
-  local function one(i) return i, pipeline.run(c, requests[i], io) end
-  local ok, err = pcall(function()
-    while true do
-      while started < n and #live < parallel and rawget(c, "_http") do
-        started = started + 1
-        live[#live + 1] = { thread.spawn(one, started), started }
-      end
-      if #live == 0 then break end
-      local threads = {}
-      for k, t in ipairs(live) do threads[k] = t[1] end
-      local done, i, env, rerr = thread.wait(unpack(threads))
-      if not done then error(i, 0) end
-      for k = #live, 1, -1 do
-        if live[k][2] == i then table.remove(live, k) end
-      end
-      results[i] = { env, rerr }
-      if deliver() == false then break end
-      if not rawget(c, "_http") then
-        for j = 1, n do results[j] = results[j] or { nil, cancelled(c, requests[j]) } end
-        deliver()
-        break
-      end
-    end
-  end)
-  -- A killed thread's cosocket is closed by ngx_lua: nothing half-read
-  -- goes back to the connection pool.
-  for _, t in ipairs(live) do thread.kill(t[1]) end
-  if not ok then error(err, 0) end
-end
-
----------------------------------------------------------------- a window
-
--- window(c, parallel): requests added while others are in flight, for work
--- whose next request depends on the answers so far (client:each). add(req)
--- queues a pipeline request; take() sends what is queued, up to
--- `parallel` in flight, and returns the envelope and error of the oldest
--- request not yet taken (answers come in the order of add; nothing is sent
--- between calls of take); close() aborts what is still in flight.
-
-local function sequential_window(c)
-  local reqs, n, taken = {}, 0, 0
-  return {
-    add = function(req) n = n + 1; reqs[n] = req end,
-    take = function()
-      taken = taken + 1
-      local req = reqs[taken]
-      reqs[taken] = nil
-      return pipeline.run(c, req, direct_io(c))
-    end,
-    close = function() end,
-  }
-end
-
-local function multi_window(c, parallel)
-  local m = multi_of(c, parallel)
-  local reqs, n, results, taken, started, active = {}, 0, {}, 0, 0, 0
-  local waiting, sleeping, threads = {}, {}, {}
-  local function closed() return not rawget(c, "_http") end
-
-  local function resume(i, ...)
-    local r = pack(coroutine.resume(threads[i], ...))
-    if not r[1] then error(r[2], 0) end
-    if coroutine.status(threads[i]) == "dead" then
-      threads[i], active = nil, active - 1
-      results[i] = { r[2], r[3] }
-    elseif r[2] == "send" then
-      waiting[m:start(r[3], r[4], r[5], r[6])] = i
-    else
-      sleeping[i] = runtime.now() + r[3]
-    end
-  end
-
-  -- One turn of the scheduler: starts what may start, then resumes the
-  -- requests that are due or waits for the next answer.
-  local function step()
-    while started < n and active < parallel do
-      started, active = started + 1, active + 1
-      local i = started
-      threads[i] = coroutine.create(function() return pipeline.run(c, reqs[i], coroutine_io) end)
-      resume(i)
-    end
-    if results[taken + 1] then return end
+  -- One turn: starts what may start, then resumes the requests that are
+  -- due, or waits up to `most` seconds for the next answer or wake-up
+  -- (0: libcurl only sends and reads what it can without waiting).
+  local function step(most)
+    start()
+    -- (A hook of a request just started may have closed the client.)
+    if closed() then return end
     local now, wake, due = runtime.now(), math.huge, {}
     for i, at in pairs(sleeping) do
       if at <= now then due[#due + 1] = i elseif at < wake then wake = at end
@@ -282,70 +167,114 @@ local function multi_window(c, parallel)
         resume(i)
       end
     elseif m:in_flight() > 0 then
-      local w = pack(m:wait(math.min(math.max(wake - now, 0), 60)))
+      local w = pack(m:wait(math.min(math.max(wake - now, 0), most)))
       if w.n > 0 then
         local i = waiting[w[1]]
         waiting[w[1]] = nil
         resume(i, unpack(w, 2, w.n))
       end
-    elseif wake < math.huge then
-      runtime.sleep(math.max(wake - now, 0))
+    elseif wake < math.huge and most > 0 then
+      runtime.sleep(math.min(math.max(wake - now, 0), most))
     end
   end
 
   local function close()
     if not closed() and m:in_flight() > 0 then m:abort() end
   end
+  local function guarded(f)
+    local ok, err = pcall(f)
+    if not ok then close(); error(err, 0) end
+  end
   return {
-    add = function(req) n = n + 1; reqs[n] = req end,
+    add = function(req)
+      n = n + 1
+      reqs[n] = req
+      -- Sent now, not at the next take: the caller may be busy a while.
+      guarded(function() if not closed() and start() then step(0) end end)
+    end,
     take = function()
       local i = taken + 1
-      local ok, err = pcall(function()
+      guarded(function()
         while not results[i] do
           if closed() then
             -- (close() has closed the multi handle: its transfers are gone)
             results[i] = { nil, cancelled(c, reqs[i]) }
           else
-            step()
+            step(60)
           end
         end
       end)
-      if not ok then close(); error(err, 0) end
       taken = i
       local r = results[i]
       results[i], reqs[i] = nil, nil
       return r[1], r[2]
     end,
+    -- Lets libcurl send and read what it can without waiting, and
+    -- finishes what it read: called while the caller is busy between
+    -- takes (handshakes of new connections go on meanwhile).
+    pump = function()
+      guarded(function() if not closed() and m:in_flight() > 0 then step(0) end end)
+    end,
     close = close,
   }
 end
 
+---------------------------------------------------------------- nginx
+
+-- One ngx.thread per request in flight, calling the transport and
+-- ngx.sleep directly.
 local function thread_window(c, parallel)
   local thread = runtime.ngx.thread
-  local reqs, n, taken, started, live = {}, 0, 0, 0, {}
+  local reqs, n, results, taken, started, live, active = {}, 0, {}, 0, 0, {}, 0
   local io = direct_io(c)
-  local function one(req) return pipeline.run(c, req, io) end
+  local function one(i, req) return i, pipeline.run(c, req, io) end
   local function close()
     -- A killed thread's cosocket is closed by ngx_lua: nothing half-read
     -- goes back to the connection pool.
     for i, t in pairs(live) do thread.kill(t); live[i] = nil end
+    active = 0
+  end
+  local function start()
+    while started < n and active < parallel and started <= taken + parallel * AHEAD and rawget(c, "_http") do
+      started, active = started + 1, active + 1
+      live[started] = thread.spawn(one, started, reqs[started])
+    end
+  end
+  -- Waits for thread i alone: ngx.thread.wait on several threads leaves
+  -- the others marked as waited for, and one of them ending later would
+  -- resume this thread inside whatever it does then (the caller's own
+  -- cosocket call between two takes).
+  local function wait_for(i)
+    local done, first, env, err = thread.wait(live[i])
+    if not done then close(); error(first, 0) end
+    live[i], active, results[i] = nil, active - 1, { env, err }
   end
   return {
-    add = function(req) n = n + 1; reqs[n] = req end,
+    add = function(req)
+      n = n + 1
+      reqs[n] = req
+      start()
+    end,
     take = function()
       local i = taken + 1
-      while started < n and started - taken < parallel and rawget(c, "_http") do
-        started = started + 1
-        live[started] = thread.spawn(one, reqs[started])
+      start()
+      while not results[i] do
+        if not rawget(c, "_http") or not live[i] then
+          -- Closed during the fan-out: what did not finish is cancelled.
+          close()
+          results[i] = { nil, cancelled(c, reqs[i]) }
+        else
+          wait_for(i)
+          start()
+        end
       end
-      local req = reqs[i]
-      reqs[i], taken = nil, i
-      if not live[i] then return nil, cancelled(c, req) end
-      local done, env, err = thread.wait(live[i])
-      live[i] = nil
-      if not done then close(); error(env, 0) end
-      return env, err
+      taken = i
+      local r = results[i]
+      results[i], reqs[i] = nil, nil
+      return r[1], r[2]
     end,
+    -- (The threads run whenever this one waits: nothing to do.)
+    pump = function() end,
     close = close,
   }
 end
@@ -359,14 +288,18 @@ end
 
 ---------------------------------------------------------------- the entry
 
+-- run: every request added at once, answers given to on_each in order.
 function M.run(c, requests, parallel, on_each)
-  parallel = math.min(parallel or 1, #requests)
-  if parallel <= 1 or c._transport_kind == "custom" then
-    return run_sequential(c, requests, on_each)
-  elseif c._transport_kind == "nginx" then
-    return run_threads(c, requests, parallel, on_each)
-  end
-  return run_multi(c, requests, parallel, on_each)
+  local w = M.window(c, math.min(parallel or 1, #requests))
+  local ok, err = pcall(function()
+    for _, req in ipairs(requests) do w.add(req) end
+    for i = 1, #requests do
+      local env, rerr = w.take()
+      if on_each(i, env, rerr) == false then return end
+    end
+  end)
+  w.close()
+  if not ok then error(err, 0) end
 end
 
 return M
