@@ -517,7 +517,7 @@ local function page_window(self, parallel)
   local w = fanout.window(self, parallel)
   return {
     add = function(r) w.add(page_request(self, r)) end,
-    take = w.take, close = w.close,
+    take = w.take, pump = w.pump, close = w.close,
   }
 end
 

@@ -401,15 +401,16 @@ describe("client:each export", function()
       for _, p in ipairs(list_calls()) do assert.equal(-1, tonumber(p.start)) end
     end)
 
-    it("fast mode: a table that ends inside the first request's chain, or just after it", function()
-      -- The first request is a chain of 49 pages from the start (2,450 rows)
-      -- beside the last page: a table ending in it needs no id ranges.
-      for _, n in ipairs { 49, 50, 1000, 2449, 2450, 2451, 2500 } do
+    it("fast mode: a table that ends inside the first request, or inside the first range", function()
+      -- The first request asks for the first and the last page: a table
+      -- ending in the first needs nothing more, one whose rest fits in a
+      -- batch one range (whose batch also looks above the last id).
+      for _, n in ipairs { 49, 50, 51, 1000, 2300, 2449, 2450, 2451, 2500 } do
         portal:reset { leads = n }
         local ids, errs = export { fast = true, parallel = 4 }
         assert.same({}, errs)
         assert.same(generated(n), ids)
-        local most = n <= 2451 and 2 or 3
+        local most = n < 50 and 1 or n <= 2300 and 2 or 3
         assert.is_true(requests() <= most, n .. " leads: " .. requests() .. " requests")
       end
     end)
@@ -429,6 +430,30 @@ describe("client:each export", function()
       end
       for _, id in ipairs(ahead) do assert.is_nil(got[id]) end
       for _, id in ipairs(report.appended) do assert.is_true(got[id], "added id " .. id .. " missing") end
+    end)
+
+    it("fast mode with one call a request: the ranges, then the tail as a call of its own", function()
+      portal:reset { leads = 600 }
+      local before = generated(600)
+      -- Two leads added after every 5th list call, three times: the last
+      -- ones while the ranges are read, so only a look above the last id
+      -- finds them.
+      portal:churn { every = 5, append = 2, times = 3 }
+      local ids, errs = export { fast = true, parallel = 3, page_batch = 1 }
+      assert.same({}, errs)
+      assert_ascending(ids)
+      local report = portal:churn {}
+      local got = set_of(ids)
+      for _, id in ipairs(before) do assert.is_true(got[id], "id " .. id .. " missing") end
+      assert.equal(6, #report.appended)
+      for _, id in ipairs(report.appended) do assert.is_true(got[id], "added id " .. id .. " missing") end
+      assert.equal(606, #ids)
+      -- Plain calls only (no batch), the probe's two pages excepted.
+      local batches = 0
+      for _, e in ipairs(portal:requests()) do
+        if e.method == "batch" then batches = batches + 1 end
+      end
+      assert.equal(1, batches)
     end)
 
     it("has a round's requests in flight together (generous bound: under 0.75 of one at a time)", function()
@@ -465,15 +490,12 @@ describe("client:each export", function()
       portal:reset { leads = 10000 }
       local all = generated(10000)
       local ids, errs = {}, {}
+      -- After the counted call, a round of 3 batches: the second batch the
+      -- portal sees fails (the first passes a fault that changes nothing).
+      portal:fault { method = "batch", kind = "latency", delay = 0, times = 1 }
+      portal:fault { method = "batch", kind = "error500", times = 1 }
       for row, err in client:each(LIST, { select = { "ID" } }, { parallel = 3, page_batch = 10 }) do
         if row then ids[#ids + 1] = tonumber(row.ID) else errs[#errs + 1] = err end
-        -- After the counted call's page, a round of 3 batches: the second
-        -- batch the portal sees fails (the first passes a fault that
-        -- changes nothing).
-        if #ids == 50 and row then
-          portal:fault { method = "batch", kind = "latency", delay = 0, times = 1 }
-          portal:fault { method = "batch", kind = "error500", times = 1 }
-        end
       end
       assert.equal(1, #errs)
       assert.equal("INTERNAL_SERVER_ERROR", errs[1].code)

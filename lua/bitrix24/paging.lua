@@ -17,9 +17,10 @@
 -- request starts again from the last good id.
 --
 -- With opts.parallel > 1 the work is cut into units that do not depend on
--- each other (offset ranges; id ranges in fast mode), up to `parallel` of
--- them are asked for at once, and their rows still come out in order: a
--- unit's rows wait until the units before it are done, one batch each.
+-- each other (offset ranges; id ranges in fast mode, after a first request
+-- for the first and the last page), up to `parallel` of them are asked for
+-- at once, and their rows still come out in order: a unit's rows wait
+-- until the units before it are done, one batch each.
 
 local core = require "bitrix24.core"
 local errors = require "bitrix24.errors"
@@ -36,6 +37,8 @@ local MAX_BATCH = 50   -- calls a batch may hold (FACTS §6)
 -- An id range of a parallel fast export is sized to fill this share of a
 -- batch: a range holding more rows than a batch costs one more request.
 local FILL = 0.95
+-- Rows given out between two turns of the transfers in flight.
+local PUMP = 200
 
 local OPTIONS = {
   fast = "boolean", id_key = "string", progress = "function", page_batch = "number", parallel = "number",
@@ -261,8 +264,14 @@ function Chain:request(pager)
   -- After a short page inside a batch, one plain call looks for rows
   -- added meanwhile instead of a chain that would mostly be dropped.
   local size = self.confirm and 1 or pager.page_batch
+  -- The last range's batch ends with the tail: one plain call for ids
+  -- above the range, rows added during the export.
+  if self.tail then size = size - 1 end
   local list = { pager:fast_params(self.lo, self.hi) }
   for i = 2, size do list[i] = pager:fast_params(pager:reference("p" .. (i - 2)), self.hi) end
+  if self.tail then
+    list[size + 1], self.tail_at = pager:fast_params(self.hi - 1), size + 1
+  end
   return pager:request(list)
 end
 
@@ -280,6 +289,11 @@ end
 -- Takes the pages of one request; returns the good rows and an error.
 function Chain:take(pager, pages)
   if self.probe then return self:take_probe(pager, pages) end
+  if self.tail then return self:take_tail(pager, pages) end
+  return self:take_pages(pager, pages)
+end
+
+function Chain:take_pages(pager, pages)
   local out = {}
   self.confirm = false
   for i, page in ipairs(pages) do
@@ -298,10 +312,13 @@ function Chain:take(pager, pages)
     for _, row in ipairs(rows) do out[#out + 1] = row end
     if rows[1] ~= nil then
       self.lo = tonumber(rows[#rows][pager.id_key])
+      -- A range whose last id came is done: no call for the empty page.
+      if self.hi and self.lo + 1 >= self.hi and self.lo == math.floor(self.lo) then self.done = true end
       -- How densely ids fill the ranges so far sizes the next ones.
       pager.chain_rows, pager.seen_to = pager.chain_rows + #rows, math.max(pager.seen_to, self.lo)
     end
     pager:page_done(#rows)
+    if self.done then return out end
     if #rows < PAGE then
       -- The end of the range. Where the range has no end and the short
       -- page came after others of the same batch, one more call looks
@@ -313,17 +330,36 @@ function Chain:take(pager, pages)
   return out
 end
 
--- Parallel fast mode's first request is a chain from the start with the
--- last page (ids descending) as its second call: that page and the
--- chain's rows give the id range and how densely ids fill it, and the
--- chain is the export's first range, ending at its last id.
+-- The last range's pages, then (once the range is done) its tail's: ids
+-- above the range. A full tail page means more were added: the unit goes
+-- on as a chain with no upper end.
+function Chain:take_tail(pager, pages)
+  local n = self.tail_at
+  local tail = pages[n]
+  pages[n] = nil
+  local out, err = self:take_pages(pager, pages)
+  if err or not self.done then return out, err end
+  if tail.err then return out, tail.err end
+  local from, rows = self.hi - 1, pager:rows_of(tail.result)
+  if not pager:ascending(rows, from, nil) then
+    return out, pager:bad("fast paging needs rows with increasing " .. pager.id_key .. " above the one asked for")
+  end
+  for _, row in ipairs(rows) do out[#out + 1] = row end
+  pager:page_done(#rows)
+  if #rows == PAGE then
+    self.lo, self.hi, self.tail, self.done = tonumber(rows[#rows][pager.id_key]), nil, false, false
+  end
+  return out
+end
+
+-- Parallel fast mode's first request is as short as it can be, since
+-- nothing else is in flight while it runs: the first page and the last
+-- (ids descending). They give the id range and how densely ids fill it;
+-- the first page is the export's first rows.
 function Pager:probe_request()
   local desc = self:fast_params(self.start_id)
   desc.order = { [self.id_key] = "DESC" }
-  local list = { self:fast_params(self.start_id), desc }
-  -- (The call keyed p2 follows p0; each after it follows the one before.)
-  for i = 3, self.page_batch do list[i] = self:fast_params(self:reference("p" .. (i == 3 and 0 or i - 2))) end
-  return self:request(list)
+  return self:request { self:fast_params(self.start_id), desc }
 end
 
 -- How many ids the rows span from the first to the last (nil when one of
@@ -336,45 +372,53 @@ end
 function Chain:take_probe(pager, pages)
   self.probe = false
   local last_page = pages[2]
-  local chain = { pages[1] }
-  if last_page and last_page.err then
-    local out, err = self:take(pager, chain)
-    return out, err or last_page.err
-  end
-  for i = 3, #pages do chain[#chain + 1] = pages[i] end
-  local out, err = self:take(pager, chain)
-  -- The table ended inside the chain (or it failed): no ranges; this
-  -- chain goes on alone, as with parallel = 1.
-  if err or self.done or self.confirm then return out, err end
+  local out, err = self:take_pages(pager, { pages[1] })
+  if last_page and last_page.err then return out, err or last_page.err end
+  -- The table ended in the first page (or it failed): no ranges.
+  if err or self.done then return out, err end
   self.done = true
   local tail = pager:rows_of(last_page.result)
   local last = tail[1] and tonumber(tail[1][pager.id_key])
   local ids, spread = #out, span(pager, out)
   if #tail > 1 and span(pager, tail) then ids, spread = ids + #tail, spread + span(pager, tail) end
-  pager.cursor, pager.last_id, pager.density = self.lo, last or self.lo, ids / spread
+  pager.cursor, pager.last_id, pager.probe_density = self.lo, last or self.lo, ids / spread
   pager.first_id, pager.seen_to, pager.chain_rows = self.lo, self.lo, 0
   return out
 end
 
+-- How densely ids fill the table (rows per id, at most 1): from the
+-- ranges read so far once they hold enough rows, else the probe's guess
+-- from its two pages.
+function Pager:density()
+  local seen = self.seen_to > self.first_id and self.chain_rows > 1000
+  local d = seen and self.chain_rows / (self.seen_to - self.first_id) or self.probe_density
+  return math.min(math.max(d, 1e-6), 1)
+end
+
 -- The next id range: the ids left up to the last one are cut into as few
 -- ranges as fill at most FILL of a batch each at the density seen so far,
--- of equal width (no small range at the end); the one that reaches the
--- last id has no upper end, so rows added during the export are found too.
+-- of equal width (no small range at the end). The last range's batch
+-- carries the tail (see Chain:take_tail), asked alongside the last ranges
+-- rather than after them; with one call a batch the tail is a unit of its
+-- own.
 function Pager:next_range()
   local lo = self.cursor
   if not lo then return nil end
-  local seen = self.seen_to > self.first_id and self.chain_rows > 1000
-  local density = seen and self.chain_rows / (self.seen_to - self.first_id) or self.density
-  local most = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / math.min(math.max(density, 1e-6), 1)))
   local left = self.last_id - lo
-  local ranges = math.ceil(left / most)
-  if ranges <= 1 then
+  if left <= 0 then
+    -- Only the tail is left: one plain call above the last id.
     self.cursor = nil
-    return self:chain(lo, nil)
+    local tail = self:chain(lo, nil)
+    tail.confirm = true
+    return tail
   end
-  local width = math.ceil(left / ranges)
+  local most = math.max(PAGE, math.ceil(self.page_batch * PAGE * FILL / self:density()))
+  local n = math.ceil(left / most)
+  local width = math.ceil(left / n)
   self.cursor = lo + width
-  return self:chain(lo, lo + width + 1)
+  local range = self:chain(lo, lo + width + 1)
+  if n == 1 and self.page_batch > 1 then range.tail, self.cursor = true, nil end
+  return range
 end
 
 ---------------------------------------------------------------- normal mode
@@ -460,14 +504,15 @@ end
 
 ---------------------------------------------------------------- iteration
 
--- The window: the first `parallel` units from the head each have a
--- request in flight whenever they have no rows left to give and are not
--- done; an answer is taken (in the order the requests were added) only
--- when the head unit needs rows, and a freed slot is refilled at once. A
--- unit keeps the rows of one answer until its turn comes, so at most
--- `parallel` answers' rows are held.
+-- The window: the units from the head on each have a request in flight
+-- whenever they have no rows left to give and are not done, `parallel` of
+-- them at most; an answer is taken (in the order the requests were
+-- added) only when the head unit needs rows. The window reaches one unit
+-- past `parallel`, so a slot freed by the head's answer is refilled
+-- before its rows are read: at most `parallel` + 1 answers' rows are held.
 function Pager:fill(queue, head, win, sent)
-  for k = head, head + self.parallel - 1 do
+  for k = head, head + self.parallel do
+    if sent.last - sent.first + 1 >= self.parallel then break end
     local unit = queue[k]
     if not unit then
       unit = self:next_unit()
@@ -496,7 +541,7 @@ function Pager:receive(win, sent, make_error)
   if err then unit.err, unit.done = err, true end
 end
 
--- open() -> a window (fanout.window's add, take, close) taking requests
+-- open() -> a window (fanout.window's add, take, pump, close) taking requests
 -- { method, params } (one plain call) or { batch = { keys, cmd, methods } }.
 -- make_error(code, description, method) builds the error of a failed call
 -- inside a batch. The iterator returns each row; on a failure it returns
@@ -530,6 +575,14 @@ function Pager:iterator(open, make_error)
       local row = unit.rows[unit.pos]
       if row ~= nil then
         unit.rows[unit.pos], unit.pos = nil, unit.pos + 1
+        -- While the caller works on the rows, the requests in flight go on.
+        if unit.pos % PUMP == 0 then
+          local ok, err = pcall(win.pump)
+          if not ok then
+            finish()
+            error(err, 0)
+          end
+        end
         return row
       end
       if unit.err then
