@@ -68,7 +68,7 @@ local function contacts_for(id)
 end
 
 -- The fields and contacts of lead `id`, as every lead of the set has them.
-local function lead(id)
+local function lead(id, bare)
   return {
     ID = id,
     TITLE = "Lead #" .. id,
@@ -78,7 +78,7 @@ local function lead(id)
     ASSIGNED_BY_ID = 1,
     DATE_CREATE = string.format("2024-%02d-%02dT10:00:00+03:00", id % 12 + 1, id % 28 + 1),
     access = (id == 13 and "none") or (id == 14 and "read") or nil,
-    contacts = contacts_for(id),
+    contacts = not bare and contacts_for(id) or nil,
   }
 end
 
@@ -94,12 +94,16 @@ end
 local data = {}
 
 -- Lead `id` of a generated set (the --leads option): the same fields and
--- contacts as in the default set, and full rights on every lead.
-function data.generated_lead(id)
-  local rec = lead(id)
+-- contacts as in the default set, and full rights on every lead; bare:
+-- without its contacts.
+function data.generated_lead(id, bare)
+  local rec = lead(id, bare)
   rec.access = nil
   return rec
 end
+
+-- The same contacts alone (a generated record builds them when read).
+data.generated_contacts = contacts_for
 
 -- Calling the module builds the default set.
 return setmetatable(data, { __call = function()

@@ -22,7 +22,9 @@
 
 local json = {}
 
-local ORDER = setmetatable({}, { __mode = "k" })        -- table -> list of keys in insertion order
+-- An ordered map keeps its keys in insertion order in its metatable
+-- (__order): one table more per map, where a weak registry would make the
+-- collector's work grow with every map alive.
 local FORCE_OBJECT = setmetatable({}, { __mode = "k" }) -- tables that always encode as {}
 
 json.null = function() end
@@ -42,19 +44,19 @@ json.integral = integral
 --- Ordered maps -------------------------------------------------------------
 
 function json.omap()
-  local t = {}
-  ORDER[t] = {}
-  return t
+  return setmetatable({}, { __order = {} })
 end
 
 function json.is_omap(t)
-  return ORDER[t] ~= nil
+  local mt = getmetatable(t)
+  return mt ~= nil and mt.__order ~= nil
 end
 
 -- Set a key, recording its position the first time (PHP keeps the position of
 -- the first write when a key is overwritten).
 function json.set(t, k, v)
-  local order = ORDER[t]
+  local mt = getmetatable(t)
+  local order = mt and mt.__order
   if order and rawget(t, k) == nil and v ~= nil then
     order[#order + 1] = k
   end
@@ -101,13 +103,20 @@ end
 -- Keys of a table in PHP order, and whether the table is a Lua sequence.
 -- Sequences count as PHP lists with keys 0..n-1.
 function json.keys(t)
-  local order = ORDER[t]
+  local mt = getmetatable(t)
+  local order = mt and mt.__order
   if order then
-    local live = {}
-    for _, k in ipairs(order) do
-      if rawget(t, k) ~= nil then live[#live + 1] = k end
+    local live
+    for i, k in ipairs(order) do
+      if live then
+        if rawget(t, k) ~= nil then live[#live + 1] = k end
+      elseif rawget(t, k) == nil then
+        -- (Copied only once a key turns out gone: most maps lose none.)
+        live = {}
+        for j = 1, i - 1 do live[j] = order[j] end
+      end
     end
-    return live, false
+    return live or order, false
   end
   if is_sequence(t) then
     local ks = {}
@@ -139,6 +148,8 @@ local ESCAPES = {
 }
 
 local function encode_string(s)
+  -- (Most strings need no escape: a large export encodes thousands.)
+  if not s:find('[%c"\\]') then return '"' .. s .. '"' end
   return '"' .. s:gsub('[%c"\\]', function(c)
     if c == "\127" then return c end -- DEL is legal in JSON; PHP leaves it
     return ESCAPES[c] or string.format("\\u%04x", c:byte())
@@ -175,11 +186,15 @@ local function encode_number(x)
   return encode_float(x)
 end
 
+-- A number as PHP's json_encode writes it.
+json.number_text = encode_number
+
 local encode_value
 
 -- PHP emits a JSON array when the keys are exactly 0..n-1 in order.
 local function is_php_list(keys, seq)
   if seq then return true end
+  if keys[1] ~= nil and php_key(keys[1]) ~= 0 then return false end
   for i, k in ipairs(keys) do
     if php_key(k) ~= i - 1 then return false end
   end

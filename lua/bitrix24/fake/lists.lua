@@ -22,7 +22,7 @@ local DEFAULT_SELECT = {
 -- Field values come out as strings, as real crm.*.list does (IDs too).
 local function field_text(v)
   if v == nil or v == json.null then return json.null end
-  if type(v) == "number" then return json.encode(json.integral(v)) end
+  if type(v) == "number" then return json.number_text(json.integral(v)) end
   if type(v) == "boolean" then return v and "Y" or "N" end
   return v
 end
@@ -130,20 +130,27 @@ local function selected_names(select)
   return names
 end
 
-local function select_fields(rec, names, entity)
-  local all = #names == 0 and DEFAULT_SELECT[entity] or nil
+-- The names a row shows: the select's, the entity's defaults for none, or
+-- nil for "*" (every field of each record: see select_fields).
+local function shown_names(names, entity)
+  if #names == 0 then return DEFAULT_SELECT[entity] end
   for _, n in ipairs(names) do
-    if n == "*" then
-      all = { "ID" }
-      local others = {}
-      for k in pairs(rec.fields) do if k ~= "ID" then others[#others + 1] = k end end
-      table.sort(others)
-      for _, k in ipairs(others) do all[#all + 1] = k end
-    end
+    if n == "*" then return nil end
   end
-  local row = omap()
-  for _, n in ipairs(all or names) do
-    if rec.fields[n] ~= nil then set(row, n, field_text(rec.fields[n])) end
+  return names
+end
+
+local function select_fields(rec, shown)
+  local fields, row = rec.fields, omap()
+  if not shown then
+    shown = { "ID" }
+    local others = {}
+    for k in pairs(fields) do if k ~= "ID" then others[#others + 1] = k end end
+    table.sort(others)
+    for _, k in ipairs(others) do shown[#shown + 1] = k end
+  end
+  for _, n in ipairs(shown) do
+    if fields[n] ~= nil then set(row, n, field_text(fields[n])) end
   end
   return row
 end
@@ -197,17 +204,16 @@ local function id_slice(store, conds, order)
     lo, hi = narrow(store, lo, hi, c.op, c.value)
     if not lo then return nil end
   end
-  local ids = store.ids
   return math.max(0, hi - lo + 1), function(i)
-    return records.find(store, desc and ids[hi - i + 1] or ids[lo + i - 1])
+    return records.at(store, desc and hi - i + 1 or lo + i - 1)
   end
 end
 
 -- Every readable record that matches, sorted: the general way.
 local function scan(store, conds, order)
   local rows = {}
-  for _, id in ipairs(store.ids) do
-    local rec = records.find(store, id)
+  for i = 1, #store.ids do
+    local rec = records.at(store, i)
     if can_read(rec) and matches(rec, conds) then rows[#rows + 1] = rec end
   end
   sort_records(rows, order)
@@ -231,9 +237,9 @@ local function list_method(entity, store_name)
     if not count then count, row = scan(store, conds, params.order) end
     local start = intval(params.start)
     local offset = start < 0 and 0 or json.integral(math.floor(start / PAGE_SIZE) * PAGE_SIZE)
-    local result, names = {}, selected_names(params.select)
+    local result, shown = {}, shown_names(selected_names(params.select), entity)
     for i = offset + 1, math.min(offset + PAGE_SIZE, count) do
-      result[#result + 1] = select_fields(row(i), names, entity)
+      result[#result + 1] = select_fields(row(i), shown)
     end
     if start < 0 then return ok(result, 0, nil) end
     local nxt = offset + PAGE_SIZE < count and json.integral(offset + PAGE_SIZE) or nil

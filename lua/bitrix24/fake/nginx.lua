@@ -176,6 +176,8 @@ function M.handle()
     base_url = base_url(),
     scheme = ngx.var.scheme,
   }
+  ngx.update_time()
+  local began = ngx.now()
   local ok, res = xpcall(function() return portal:handle(req) end, debug.traceback)
   if not ok then
     ngx.log(ngx.ERR, "fake portal: handler error: ", res)
@@ -184,9 +186,17 @@ function M.handle()
   end
 
   -- The answer's delay: a latency fault, the per-request latency and the
-  -- seconds its calls cost (bitrix24.fake.portal). ngx.sleep yields, so the
-  -- worker serves other requests meanwhile.
-  if res.delay and res.delay > 0 then ngx.sleep(res.delay) end
+  -- seconds its calls cost (bitrix24.fake.portal), counted from when the
+  -- handler began: the fake's own work (a batch of 50 list calls takes it
+  -- tens of milliseconds) is part of them, not added to them. ngx.sleep
+  -- yields, so the worker serves other requests meanwhile.
+  if res.delay and res.delay > 0 then
+    ngx.update_time()
+    -- (ngx.now has a millisecond's grain: one is left out of the work, so
+    -- that an answer never comes before its seconds.)
+    local left = res.delay - math.max(0, ngx.now() - began - 0.001)
+    if left > 0 then ngx.sleep(left) end
+  end
   -- Events the request fired go out from timers, never from this request.
   deliver.drain(portal)
 
