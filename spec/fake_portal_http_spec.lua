@@ -38,9 +38,10 @@ end
 local function dead(pid)
   local f = io.open("/proc/" .. pid .. "/stat", "r")
   if not f then return true end
+  -- (It may go between the open and the read: then the read finds nothing.)
   local stat = f:read("*a")
   f:close()
-  return stat:match("%)%s+(%S)") == "Z"
+  return not stat or stat:match("%)%s+(%S)") == "Z"
 end
 
 local function dir_exists(path)
