@@ -57,15 +57,15 @@ local direct_io = M.io
 
 ---------------------------------------------------------------- the windows
 
--- window(c, parallel) -> { add, take, pump, close }: add(req) queues a pipeline
--- request and sends it at once when fewer than `parallel` are in flight
--- (else as soon as one ends); take() returns the envelope and error of the
--- oldest request not yet taken, running the others meanwhile; pump()
--- moves the transfers on without waiting (for a caller busy between
--- takes); close()
--- aborts what is still in flight. Answers that come early wait for those
--- before them, and at most AHEAD * parallel requests are started past the
--- oldest not taken (a slow one cannot make the rest pile up).
+-- window(c, parallel) -> { add, take, pump, close }: add(req) queues a
+-- pipeline request and sends it at once when fewer than `parallel` are in
+-- flight (else as soon as one ends); take() returns the envelope and error
+-- of the oldest request not yet taken, running the others meanwhile;
+-- pump() moves the transfers on without waiting (for a caller busy
+-- between takes); close() aborts what is still in flight. Answers that
+-- come early wait for those before them, and at most AHEAD * parallel
+-- requests are started past the oldest not taken (a slow one cannot make
+-- the rest pile up).
 local AHEAD = 4
 
 local function sequential_window(c)

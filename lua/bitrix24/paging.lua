@@ -330,26 +330,20 @@ function Chain:take_pages(pager, pages)
   return out
 end
 
--- The last range's pages, then (once the range is done) its tail's: ids
--- above the range. A full tail page means more were added: the unit goes
--- on as a chain with no upper end.
+-- The last range's pages, then (once the range is done) its tail's: the
+-- unit goes on as a chain with no upper end from the range's last id, and
+-- the tail page is that chain's first (a full one: more were added).
 function Chain:take_tail(pager, pages)
   local n = self.tail_at
   local tail = pages[n]
   pages[n] = nil
   local out, err = self:take_pages(pager, pages)
   if err or not self.done then return out, err end
-  if tail.err then return out, tail.err end
-  local from, rows = self.hi - 1, pager:rows_of(tail.result)
-  if not pager:ascending(rows, from, nil) then
-    return out, pager:bad("fast paging needs rows with increasing " .. pager.id_key .. " above the one asked for")
-  end
-  for _, row in ipairs(rows) do out[#out + 1] = row end
-  pager:page_done(#rows)
-  if #rows == PAGE then
-    self.lo, self.hi, self.tail, self.done = tonumber(rows[#rows][pager.id_key]), nil, false, false
-  end
-  return out
+  self.lo, self.hi, self.tail, self.done = self.hi - 1, nil, false, false
+  local more
+  more, err = self:take_pages(pager, { tail })
+  for _, row in ipairs(more) do out[#out + 1] = row end
+  return out, err
 end
 
 -- Parallel fast mode's first request is as short as it can be, since
@@ -377,10 +371,10 @@ function Chain:take_probe(pager, pages)
   -- The table ended in the first page (or it failed): no ranges.
   if err or self.done then return out, err end
   self.done = true
-  local tail = pager:rows_of(last_page.result)
-  local last = tail[1] and tonumber(tail[1][pager.id_key])
+  local top = pager:rows_of(last_page.result)
+  local last = top[1] and tonumber(top[1][pager.id_key])
   local ids, spread = #out, span(pager, out)
-  if #tail > 1 and span(pager, tail) then ids, spread = ids + #tail, spread + span(pager, tail) end
+  if #top > 1 and span(pager, top) then ids, spread = ids + #top, spread + span(pager, top) end
   pager.cursor, pager.last_id, pager.probe_density = self.lo, last or self.lo, ids / spread
   pager.first_id, pager.seen_to, pager.chain_rows = self.lo, self.lo, 0
   return out
