@@ -8,111 +8,24 @@
 -- Lua 5.4 only and is pending under the others.
 
 local support = require "support"
+local harness = require "nginx_harness"
 local socket = require "socket"
-local http = require "socket.http"
-local ltn12 = require "ltn12"
 local cjson = require "cjson"
 local form = require("bitrix24.fake.events").form
 
 local RUN_UNDER = "5.4"
 local MARKER = "<!-- nginx.conf used by spec/events_nginx_spec.lua -->"
-local NGINX_LIFETIME = 300
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("*a")
-  p:close()
-  return (out:gsub("%s+$", ""))
-end
-
-local function write_file(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function exists(path) return read(path) ~= nil end
-
--- Every occurrence, and at least one: a README edit that drops a
--- placeholder must fail here, not run a different config.
-local function replace_all(s, old, new)
-  local out, from, n = {}, 1, 0
-  while true do
-    local a, b = s:find(old, from, true)
-    if not a then break end
-    out[#out + 1] = s:sub(from, a - 1) .. new
-    from, n = b + 1, n + 1
-  end
-  assert(n > 0, "README's events nginx.conf lost " .. old)
-  return table.concat(out) .. s:sub(from)
-end
-
-local function readme_block()
-  local readme = support.read_file(support.ROOT .. "/docs/events.md")
-  local at = assert(readme:find(MARKER, 1, true), "docs/events.md has no line " .. MARKER)
-  return assert(readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER), "no ```nginx block after " .. MARKER)
-end
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
-local function module_lines()
-  for _, dir in ipairs { "/usr/lib/nginx/modules", "/usr/lib64/nginx/modules", "/usr/local/nginx/modules" } do
-    if exists(dir .. "/ngx_http_lua_module.so") then
-      local lines = ""
-      if exists(dir .. "/ndk_http_module.so") then lines = "load_module " .. dir .. "/ndk_http_module.so;\n" end
-      return lines .. "load_module " .. dir .. "/ngx_http_lua_module.so;\n"
-    end
-  end
-  return ""
-end
-
-local function alive(pid)
-  local stat = read("/proc/" .. pid .. "/stat")
-  return stat ~= nil and stat:match("%)%s+(%S)") ~= "Z"
-end
+local quote, write_file, read = support.quote, support.write_file, support.try_read
 
 -- POST a body; -> status, answer.
 local function post(url, body, content_type)
-  local chunks = {}
-  local ok, status = http.request {
-    url = url, method = "POST", sink = ltn12.sink.table(chunks), source = ltn12.source.string(body),
-    headers = { ["content-type"] = content_type or "application/x-www-form-urlencoded",
-      ["content-length"] = #body },
-    create = function()
-      local s = socket.tcp()
-      s:settimeout(30)
-      return s
-    end,
-  }
-  assert(ok, "POST " .. url .. ": " .. tostring(status))
-  return status, table.concat(chunks)
+  local r = support.send(url, body, { ctype = content_type, timeout = 30 })
+  return r.status, r.body
 end
 
 -- Waits (up to `wait` s) until f() is truthy; returns its value.
-local function eventually(f, wait)
-  local deadline = socket.gettime() + (wait or 10)
-  repeat
-    local v = f()
-    if v then return v end
-    socket.sleep(0.05)
-  until socket.gettime() > deadline
-  return nil
-end
+local function eventually(f, wait) return support.eventually(wait or 10, f) end
 
 -- The test locations: the same handler as the README, other functions.
 local TEST_LOCATION = [[
@@ -164,10 +77,9 @@ describe("receiving events #nginx", function()
     return
   end
 
-  local ROOT = capture("cd " .. quote(support.ROOT) .. " && pwd")
-  local portal, prefix, dir, launcher, events_url, test_url, client, app_token, domain
+  local portal, nginx, ROOT, dir, events_url, test_url, client, app_token, domain
 
-  local function error_log() return read(prefix .. "/error.log") or "" end
+  local function error_log() return nginx and nginx:error_log() or "" end
 
   local function deliveries() return portal:events().deliveries end
 
@@ -182,76 +94,47 @@ describe("receiving events #nginx", function()
     end) or error("the fake portal delivered nothing")
   end
 
-  local function conf(port, test_port)
-    local block = readme_block()
-    block = replace_all(block, "/usr/local/share/lua/5.1/", ROOT .. "/lua/")
-    block = replace_all(block, "/usr/local/lib/lua/5.1/", ROOT .. "/build/luajit/")
-    block = replace_all(block, "listen 8080;", "listen 127.0.0.1:" .. port .. ";")
-    block = replace_all(block, "/var/lib/b24-app", dir)
-    block = replace_all(block, "example.bitrix24.com", domain)
-    local tests = table.concat({
-      'client_body_temp_path "' .. prefix .. '/tmp/body";',
-      'proxy_temp_path "' .. prefix .. '/tmp/proxy";',
-      'fastcgi_temp_path "' .. prefix .. '/tmp/fastcgi";',
-      'uwsgi_temp_path "' .. prefix .. '/tmp/uwsgi";',
-      'scgi_temp_path "' .. prefix .. '/tmp/scgi";',
-      'access_log off;',
-      'server {',
+  local function conf(prefix, port, test_port)
+    dir = prefix .. "/data"
+    os.execute("mkdir -p " .. quote(dir))
+    local replace = harness.replace
+    local block = harness.doc_block("docs/events.md", MARKER)
+    block = replace(block, "/usr/local/share/lua/5.1/", ROOT .. "/lua/")
+    block = replace(block, "/usr/local/lib/lua/5.1/", ROOT .. "/build/luajit/")
+    block = replace(block, "listen 8080;", "listen 127.0.0.1:" .. port .. ";")
+    block = replace(block, "/var/lib/b24-app", dir)
+    block = replace(block, "example.bitrix24.com", domain)
+    local lines = harness.http_lines(prefix)
+    for _, l in ipairs {
+      "server {",
       '  listen 127.0.0.1:' .. test_port .. ';',
       (TEST_LOCATION:gsub("@DIR@", dir):gsub("@DOMAIN@", domain):gsub("@CLIENT_ID@", portal.client_id)
         :gsub("@CLIENT_SECRET@", portal.client_secret):gsub("@TOKEN_URL@", portal.token_url)),
-      '}',
-    }, "\n    ")
+      "}",
+    } do lines[#lines + 1] = l end
     local a, b = block:find("http {\n", 1, true)
     assert(a, "README's events nginx.conf has no 'http {' line")
-    block = block:sub(1, b) .. "    " .. tests .. "\n\n" .. block:sub(b + 1)
-    return table.concat({
-      "daemon off;", "master_process on;", "worker_processes 1;",
-      'pid "' .. prefix .. '/nginx.pid";', 'error_log "' .. prefix .. '/error.log" warn;',
-      support.run("id -u") == "0\n" and "user root;" or "",
-      module_lines(), "events { worker_connections 256; }", "", block,
-    }, "\n")
+    block = block:sub(1, b) .. "    " .. table.concat(lines, "\n    ") .. "\n\n" .. block:sub(b + 1)
+    return harness.main_lines(prefix, 256) .. "\n\n" .. block
   end
 
   setup(function()
-    local out, err, status = support.run("make -s -C " .. quote(ROOT) .. " LUA_VERSION=luajit build")
-    assert(status == 0, "building the LuaJIT core failed: " .. out .. err)
+    ROOT = harness.root()
     portal = support.start_portal { rate = 1000, burst = 100000 }
     domain = "127.0.0.1:" .. portal.port
     app_token = portal:events().application_token
-    prefix = capture('mktemp -d "${TMPDIR:-/tmp}/b24-events-nginx.XXXXXXXX"')
-    dir = prefix .. "/data"
-    os.execute("mkdir -p " .. quote(prefix .. "/tmp") .. " " .. quote(dir))
-    local port, test_port = free_port(), free_port()
+    local port, test_port = harness.free_port(), harness.free_port()
     events_url = "http://127.0.0.1:" .. port .. "/bitrix24/events"
     test_url = "http://127.0.0.1:" .. test_port .. "/t/"
-    write_file(prefix .. "/nginx.conf", conf(port, test_port))
-    write_file(prefix .. "/error.log", "")
-    launcher = tonumber(capture("B24_CLIENT_ID=" .. quote(portal.client_id) .. " B24_CLIENT_SECRET="
-      .. quote(portal.client_secret) .. " B24_TOKEN_URL=" .. quote(portal.token_url) .. " timeout -s TERM -k 3 " .. NGINX_LIFETIME .. " nginx -p "
-      .. quote(prefix .. "/") .. " -c " .. quote(prefix .. "/nginx.conf") .. " -e " .. quote(prefix .. "/error.log")
-      .. " </dev/null >" .. quote(prefix .. "/stderr.log") .. " 2>&1 & echo $!"))
-    local up = eventually(function()
-      local c = socket.connect("127.0.0.1", test_port)
-      if c then c:close() end
-      return c ~= nil
-    end, 5)
-    assert(up, "nginx did not start:\n" .. error_log() .. (read(prefix .. "/stderr.log") or ""))
+    nginx = harness.launch(test_port, function(prefix) return conf(prefix, port, test_port) end, {
+      B24_CLIENT_ID = portal.client_id, B24_CLIENT_SECRET = portal.client_secret,
+      B24_TOKEN_URL = portal.token_url })
     client = require("bitrix24").oauth({ endpoint = portal.oauth_endpoint, access_token = portal.access_token },
       support.opts())
   end)
 
   teardown(function()
-    if prefix then
-      local pid = (read(prefix .. "/nginx.pid") or ""):match("%d+")
-      if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
-      if launcher then
-        local deadline = socket.gettime() + 3
-        while alive(launcher) and socket.gettime() < deadline do socket.sleep(0.05) end
-        os.execute("kill -KILL " .. launcher .. " 2>/dev/null")
-      end
-      os.execute("rm -rf " .. quote(prefix))
-    end
+    if nginx then nginx:stop() end
     if portal then portal:stop() end
   end)
 
@@ -290,13 +173,7 @@ describe("receiving events #nginx", function()
   end)
 
   it("keeps the tokens the token endpoint renewed for a verified ONAPPINSTALL", function()
-    local function renewals()
-      local n = 0
-      for _, r in ipairs(portal:requests()) do
-        if r.method == "oauth.token" then n = n + 1 end
-      end
-      return n
-    end
+    local function renewals() return support.count_requests(portal, "oauth.token") end
     local before, sent = renewals(), portal:info()
     local d = delivered(function() portal:install { url = events_url } end)
     assert.equal(200, d.status, error_log())
@@ -348,9 +225,7 @@ describe("receiving events #nginx", function()
   end)
 
   it("answers 405 to anything but a POST", function()
-    local chunks = {}
-    local _, status = http.request { url = events_url, sink = ltn12.sink.table(chunks) }
-    assert.equal(405, status)
+    assert.equal(405, support.send(events_url, nil, { method = "GET" }).status)
   end)
 
   it("rejects a forged token and an unknown member_id with 401, running nothing", function()

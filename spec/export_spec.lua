@@ -449,11 +449,7 @@ describe("client:each export", function()
       for _, id in ipairs(report.appended) do assert.is_true(got[id], "added id " .. id .. " missing") end
       assert.equal(606, #ids)
       -- Plain calls only (no batch), the probe's two pages excepted.
-      local batches = 0
-      for _, e in ipairs(portal:requests()) do
-        if e.method == "batch" then batches = batches + 1 end
-      end
-      assert.equal(1, batches)
+      assert.equal(1, support.count_requests(portal, "batch"))
     end)
 
     it("has a round's requests in flight together (generous bound: under 0.75 of one at a time)", function()

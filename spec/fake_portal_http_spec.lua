@@ -6,7 +6,7 @@ local socket = require "socket"
 
 local CURL = "curl -sS --max-time 5 "
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote = support.quote
 
 local function capture(cmd)
   local p = assert(io.popen(cmd, "r"))
@@ -50,15 +50,7 @@ local function dir_exists(path)
   return f ~= nil
 end
 
--- Polls `cond` every 20 ms for at most `seconds`.
-local function eventually(seconds, cond)
-  local deadline = socket.gettime() + seconds
-  while socket.gettime() < deadline do
-    if cond() then return true end
-    socket.sleep(0.02)
-  end
-  return cond()
-end
+local eventually = support.eventually
 
 describe("fake portal over HTTP", function()
   local portal

@@ -31,7 +31,7 @@ local function sub_params(key)
   error("no sub-call " .. key)
 end
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote = support.quote
 
 -- One curl call: status, body.
 local function curl(args)

@@ -237,11 +237,7 @@ describe("fan-out", function()
       for i = 1, 16 do
         if i ~= 13 then assert.is_table(results[i], tostring(errs[i])) end
       end
-      local asked = 0
-      for _, r in ipairs(portal:requests()) do
-        if r.method == "oauth.token" then asked = asked + 1 end
-      end
-      assert.equal(1, asked)
+      assert.equal(1, support.count_requests(portal, "oauth.token"))
       assert.equal(1, refreshed)
     end)
   end)

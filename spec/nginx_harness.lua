@@ -33,11 +33,29 @@ local function module_lines()
   return ""   -- built in (OpenResty)
 end
 
-function M.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+M.free_port = support.free_port
+
+-- The nginx block right after the line `marker` in doc (a path in the
+-- repository): the configuration a spec runs is the one the docs show.
+function M.doc_block(doc, marker)
+  local text = support.read_file(support.ROOT .. "/" .. doc)
+  local at = assert(text:find(marker, 1, true), doc .. " has no line " .. marker)
+  return assert(text:match("^%s*```nginx\n(.-)\n```", at + #marker), "no ```nginx block after " .. marker)
+end
+
+-- s with every occurrence of old (plain text) replaced, and at least one:
+-- a docs edit that drops a placeholder must fail here, not run a
+-- different configuration.
+function M.replace(s, old, new)
+  local out, from, n = {}, 1, 0
+  while true do
+    local a, b = s:find(old, from, true)
+    if not a then break end
+    out[#out + 1] = s:sub(from, a - 1) .. new
+    from, n = b + 1, n + 1
+  end
+  assert(n > 0, "the docs' nginx.conf lost " .. old)
+  return table.concat(out) .. s:sub(from)
 end
 
 function M.runs_here()

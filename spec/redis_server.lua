@@ -8,11 +8,7 @@ local socket = require "socket"
 local M = {}
 local LIFETIME = 300   -- seconds; the server stops by itself after that
 
-local function exists(path)
-  local f = io.open(path, "rb")
-  if f then f:close() end
-  return f ~= nil
-end
+local function exists(path) return support.try_read(path) ~= nil end
 
 -- Debian's lua-redis installs redis.lua for Lua 5.1-5.3 only; the module is
 -- plain Lua and runs under 5.4 too (see docs/many-machines.md).
@@ -29,17 +25,10 @@ package.path = package.path .. ";" .. M.PATH
 -- Lines a child script (support.write_script) starts with to find it too.
 M.PRELUDE = ("package.path = package.path .. %q\n"):format(";" .. M.PATH)
 
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
-
 local Server = {}
 Server.__index = Server
 
-local function quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
+local quote = support.quote
 
 -- Starts (again) on its port; waits until it answers.
 function Server:start()
@@ -95,7 +84,7 @@ end
 -- that name (the default user then has no access).
 function M.start(opts)
   opts = opts or {}
-  local self = setmetatable({ port = free_port(), dir = support.tmpdir(), extra = {},
+  local self = setmetatable({ port = support.free_port(), dir = support.tmpdir(), extra = {},
     user = opts.user, password = opts.password }, Server)
   if opts.user then
     self.extra = { "--user", "default", "off", "--user", opts.user, "on", ">" .. opts.password, "~*", "&*", "+@all" }

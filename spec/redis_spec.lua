@@ -25,13 +25,7 @@ local function statuses(portal)
   return count
 end
 
-local function token_requests(portal)
-  local n = 0
-  for _, r in ipairs(portal:requests()) do
-    if r.method == "oauth.token" then n = n + 1 end
-  end
-  return n
-end
+local function token_requests(portal) return support.count_requests(portal, "oauth.token") end
 
 -- Seconds between the portal's first and last REST request.
 local function span(portal)
@@ -349,18 +343,27 @@ describe("many machines through Redis #redis", function()
   end)
 end)
 
+-- A script fetching the contacts of leads arg[1]..arg[2] on the Redis
+-- budget (rate, BURST); prints OK or FAIL and why. Returns the command.
+local function budget_job(dir, portal, server, rate)
+  local script = support.write_script(dir .. "/job.lua", redis_server.PRELUDE .. ([[
+    local bitrix24 = require "bitrix24"
+    local client = bitrix24.webhook(%q, { rate = %d, burst = %d, tries = 1,
+      budget = bitrix24.redis_budget(%q) })
+    local ids = {}
+    for i = tonumber(arg[1]), tonumber(arg[2]) do ids[#ids + 1] = i end
+    local rows, err = client:lead_contacts(ids)
+    print(rows and "OK" or ("FAIL " .. tostring(err)))
+  ]]):format(portal.webhook_url, rate, BURST, server:url()))
+  return support.LUA .. " " .. script
+end
+
 -- README's nginx.conf for many machines, as nginx_harness runs it: only the
 -- install paths, the workers, the port and the bucket replaced, the
 -- harness's own lines (pid, logs, modules, temporary files) added.
 local function readme_config(harness, root, port, prefix)
-  local readme = support.read_file(support.ROOT .. "/docs/many-machines.md")
-  local at = assert(readme:find(MARKER, 1, true), "docs/many-machines.md has no line " .. MARKER)
-  local block = assert(readme:match("^%s*```nginx\n(.-)\n```", at + #MARKER), "no ```nginx block after " .. MARKER)
-  local function replace(old, new)
-    local a, b = block:find(old, 1, true)
-    assert(a, "README's nginx.conf for many machines lost " .. old)
-    block = block:sub(1, a - 1) .. new .. block:sub(b + 1)
-  end
+  local block = harness.doc_block("docs/many-machines.md", MARKER)
+  local function replace(old, new) block = harness.replace(block, old, new) end
   replace("/usr/local/share/lua/5.1/", root .. "/lua/")
   replace("/usr/local/lib/lua/5.1/", root .. "/build/luajit/")
   replace("worker_processes auto;", "worker_processes 2;")
@@ -400,16 +403,7 @@ describe("many machines through Redis: nginx #redis #nginx", function()
   end)
 
   it("README's nginx (two workers) and three processes on one Redis budget: no 503, at the bucket's pace", function()
-    local script = support.write_script(dir .. "/job.lua", redis_server.PRELUDE .. ([[
-      local bitrix24 = require "bitrix24"
-      local client = bitrix24.webhook(%q, { rate = %d, burst = %d, tries = 1,
-        budget = bitrix24.redis_budget(%q) })
-      local ids = {}
-      for i = tonumber(arg[1]), tonumber(arg[2]) do ids[#ids + 1] = i end
-      local rows, err = client:lead_contacts(ids)
-      print(rows and "OK" or ("FAIL " .. tostring(err)))
-    ]]):format(portal.webhook_url, FAST_RATE, BURST, server:url()))
-    local lua = support.LUA .. " " .. script
+    local lua = budget_job(dir, portal, server, FAST_RATE)
     local function get(from, to)
       return "curl -s -w ' %{http_code}' '" .. nginx.base .. "/lead-contacts?from=" .. from .. "&to=" .. to .. "'"
     end
@@ -453,16 +447,7 @@ describe("many machines through Redis at the real 2 requests/s #redis #slow", fu
   end)
 
   it("three processes on one Redis budget: no 503, within 10% of the bucket's floor", function()
-    local script = support.write_script(dir .. "/job.lua", redis_server.PRELUDE .. ([[
-      local bitrix24 = require "bitrix24"
-      local client = bitrix24.webhook(%q, { rate = %d, burst = %d, tries = 1,
-        budget = bitrix24.redis_budget(%q) })
-      local ids = {}
-      for i = tonumber(arg[1]), tonumber(arg[2]) do ids[#ids + 1] = i end
-      local rows, err = client:lead_contacts(ids)
-      print(rows and "OK" or ("FAIL " .. tostring(err)))
-    ]]):format(portal.webhook_url, REAL_RATE, BURST, server:url()))
-    local lua = support.LUA .. " " .. script
+    local lua = budget_job(dir, portal, server, REAL_RATE)
     local out = run_all(dir, { lua .. " 1 700", lua .. " 701 1350", "faketime -f '+5m' " .. lua .. " 1351 2000" })
     assert.same({ "OK\n", "OK\n", "OK\n" }, out)
     assert.same({ ["200"] = 40 }, statuses(portal))

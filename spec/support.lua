@@ -174,6 +174,27 @@ end
 -- s as one word for sh.
 function M.quote(s) return "'" .. tostring(s):gsub("'", [['\'']]) .. "'" end
 
+-- A free TCP port on 127.0.0.1 (bound, read, let go).
+function M.free_port()
+  local s = assert(require("socket").bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- Polls cond every 20 ms for at most `seconds`; its last value (truthy
+-- once it held).
+function M.eventually(seconds, cond)
+  local socket = require "socket"
+  local deadline = socket.gettime() + seconds
+  while socket.gettime() < deadline do
+    local v = cond()
+    if v then return v end
+    socket.sleep(0.02)
+  end
+  return cond()
+end
+
 -- A shell command's output, without its trailing white space.
 function M.capture(cmd)
   local p = assert(io.popen(cmd, "r"))
@@ -374,6 +395,15 @@ function M.diff(got, ref, path)
     end
   end
   return nil
+end
+
+-- How many requests the portal logged for `method` ("batch", "oauth.token", ...).
+function M.count_requests(portal, method)
+  local n = 0
+  for _, r in ipairs(portal:requests()) do
+    if r.method == method then n = n + 1 end
+  end
+  return n
 end
 
 -- How many of the portal's requests got each HTTP status: { ["200"] = n, ... }.

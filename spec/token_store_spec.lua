@@ -19,13 +19,7 @@ describe("token stores under faults", function()
     return (support.oauth_config(portal, extra))
   end
 
-  local function token_requests()
-    local n = 0
-    for _, r in ipairs(portal:requests()) do
-      if r.method == "oauth.token" then n = n + 1 end
-    end
-    return n
-  end
+  local function token_requests() return support.count_requests(portal, "oauth.token") end
 
   -- A store in memory whose save can be made to fail like a full disk.
   local function flaky_store()
